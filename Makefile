@@ -1,0 +1,34 @@
+# One command builds the report, one runs the tests; both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The stamp's name carries the hash of what the environment is built from,
+# so `make setup` is a no-op until requirements.txt or pyproject.toml change.
+REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+PYTEST_ARGS ?=
+REPORT_ARGS ?=
+
+.PHONY: setup test report lab clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+	@echo "environment ready in $(VENV)"
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+report: setup
+	$(PY) -m retino_utils.report $(REPORT_ARGS)
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf build
