@@ -8,9 +8,10 @@ from tqdm.auto import tqdm
 
 
 def progress_enabled(enabled: bool | None = None) -> bool:
-    if enabled is not None:
-        return enabled
-    return os.environ.get("RETINO_PROGRESS", "1") not in ("0", "false", "no", "off")
+    """The environment switch wins; otherwise ``enabled`` (default on)."""
+    if os.environ.get("RETINO_PROGRESS", "1").lower() in ("0", "false", "no", "off"):
+        return False
+    return True if enabled is None else enabled
 
 
 def progress(iterable=None, *, enabled: bool | None = None, **kwargs):

@@ -1,0 +1,64 @@
+"""The data layer: dataset layouts, decoding, validation, preprocessing, channel stats, and the
+decoded-image cache with its batch loader.
+
+``validate`` and ``preprocess`` here are the functions; their modules (same names) are reached
+with ``importlib.import_module("retino_utils.data.validate")``.
+"""
+
+from .cache import BatchLoader, ImageCache
+from .cachedir import dataset_cache_dir
+from .dataset import FundusDataset, open_dataset
+from .images import load_resized, load_rgb
+from .layouts import LAYOUTS, SPLITS, SplitIndex, detect_layout, holdout_split, read_lab_pair, read_split
+from .preprocess import preprocess
+from .stats import ChannelStats, channel_stats
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    REPORT_MEAN,
+    REPORT_STD,
+    AugmentChoices,
+    DecodePreset,
+    EvalPreset,
+    TrainPreset,
+    augment_batch,
+    normalization,
+    normalize_batch,
+    sample_choices,
+)
+from .validate import ValidationReport, image_problems, validate
+
+__all__ = [
+    "AugmentChoices",
+    "BatchLoader",
+    "ChannelStats",
+    "DecodePreset",
+    "EvalPreset",
+    "FundusDataset",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageCache",
+    "LAYOUTS",
+    "REPORT_MEAN",
+    "REPORT_STD",
+    "SPLITS",
+    "SplitIndex",
+    "TrainPreset",
+    "ValidationReport",
+    "augment_batch",
+    "channel_stats",
+    "dataset_cache_dir",
+    "detect_layout",
+    "holdout_split",
+    "image_problems",
+    "load_resized",
+    "load_rgb",
+    "normalization",
+    "normalize_batch",
+    "open_dataset",
+    "preprocess",
+    "read_lab_pair",
+    "read_split",
+    "sample_choices",
+    "validate",
+]

@@ -1,0 +1,347 @@
+"""Read the three dataset layouts users have (the lab's CSV pairs, Kaggle EyePACS, APTOS 2019).
+
+Each becomes a ``SplitIndex``: names, image paths and grades of one split. Kaggle and APTOS ship no
+test labels, so their test side is a deterministic split by patient, stratified on grade.
+Reading never opens images: a missing file is the validator's business, not the reader's.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .. import NUM_CLASSES
+from ..errors import RetinoError
+
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+# First lines of a lab image file that are column names rather than images.
+NAME_HEADERS = frozenset(
+    {"image", "images", "img", "id", "id_code", "image_id", "name", "names", "file", "filename", "path"}
+)
+_GRADE_TEXT = re.compile(r"[+-]?\d+(\.0*)?")
+_NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_EYE_SUFFIX = re.compile(r"(.+?)_(left|right)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    markers: tuple[str, ...]  # files whose presence identifies the layout
+    tables: tuple[str, ...]  # every label file the layout reads (preprocess copies these)
+    image_dirs: tuple[str, ...]  # searched in order; "" is the root itself
+    extension: str  # assumed for names without one when the file is missing
+    columns: tuple[str, str] = ("", "")  # name and grade columns of a Kaggle-style table
+
+
+# Detection order: an explicit test split (lab) beats a derived one.
+LAYOUTS: dict[str, LayoutSpec] = {
+    "lab": LayoutSpec(
+        ("train_img.csv", "train_label.csv"),
+        ("train_img.csv", "train_label.csv", "test_img.csv", "test_label.csv"),
+        ("images", ""),
+        ".jpeg",
+    ),
+    "kaggle": LayoutSpec(("trainLabels.csv",), ("trainLabels.csv",), ("train", "images"), ".jpeg", ("image", "level")),
+    "aptos": LayoutSpec(("train.csv",), ("train.csv",), ("train_images",), ".png", ("id_code", "diagnosis")),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class SplitIndex:
+    """The file list of one split; ``labels`` is an int64 array of grades 0-4."""
+
+    root: Path
+    layout: str
+    split: str
+    names: tuple[str, ...]
+    paths: tuple[Path, ...]
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        labels = np.array(self.labels, dtype=np.int64).reshape(-1)
+        object.__setattr__(self, "labels", labels)
+        if not len(self.names) == len(self.paths) == len(labels):
+            raise ValueError("names, paths and labels must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, indices) -> "SplitIndex":
+        """The entries at ``indices`` (integer positions or a boolean mask), in that order."""
+        selector = np.asarray(indices)
+        positions = np.arange(len(self))[selector if selector.dtype == bool else selector.astype(np.int64)]
+        return SplitIndex(
+            self.root,
+            self.layout,
+            self.split,
+            tuple(self.names[i] for i in positions),
+            tuple(self.paths[i] for i in positions),
+            self.labels[positions],
+        )
+
+    def entries_digest(self) -> str:
+        """Short sha256 over names and labels only: which entries, whatever the state of their files."""
+        text = "".join(f"{name}\t{label}\n" for name, label in zip(self.names, self.labels.tolist()))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def fingerprint(self) -> str:
+        """Short sha256 over names, labels and each file's size and mtime: the key of derived files."""
+        digest = hashlib.sha256()
+        for name, path, label in zip(self.names, self.paths, self.labels.tolist()):
+            try:
+                st = path.stat()
+                meta = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                meta = "missing"
+            digest.update(f"{name}\t{label}\t{meta}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def grade_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=NUM_CLASSES)[:NUM_CLASSES]
+
+
+@dataclass
+class TableRows:
+    """Rows of a label table before images are looked up; rows with a bad grade are left out."""
+
+    names: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # where each name was read ("train_img.csv line 3")
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (where, reason)
+
+    def add(self, name: str, source: str, grade_text: str, grade_where: str) -> None:
+        grade, reason = parse_grade(grade_text)
+        if reason:
+            self.problems.append((grade_where, reason))
+        else:
+            self.names.append(name)
+            self.labels.append(grade)
+            self.sources.append(source)
+
+
+@dataclass
+class ScannedSplit:
+    """A split as read, with the table problems found on the way (validate reports them all)."""
+
+    index: SplitIndex
+    sources: tuple[str, ...]
+    problems: list[tuple[str, str]]
+
+
+def parse_grade(text: str) -> tuple[int | None, str | None]:
+    """``(grade, None)`` for "0".."4" (also "2.0"), else ``(None, reason)``."""
+    if not _GRADE_TEXT.fullmatch(text):
+        return None, f"label {text!r} is not an integer grade 0-4"
+    grade = int(text.split(".")[0])
+    if not 0 <= grade < NUM_CLASSES:
+        return None, f"label {grade} is not a grade 0-4"
+    return grade, None
+
+
+def detect_layout(root: str | os.PathLike) -> str:
+    root = Path(root)
+    if not root.is_dir():
+        raise RetinoError(f"dataset folder {root} does not exist: pass the folder that holds the label CSVs")
+    for name, spec in LAYOUTS.items():
+        if all((root / marker).is_file() for marker in spec.markers):
+            return name
+    looked_for = "; ".join(f"{' + '.join(spec.markers)} ({name})" for name, spec in LAYOUTS.items())
+    raise RetinoError(f"no dataset layout found in {root}: looked for {looked_for}")
+
+
+def resolve_layout(root: str | os.PathLike, layout: str = "auto") -> str:
+    if layout == "auto":
+        return detect_layout(root)
+    if layout not in LAYOUTS:
+        raise RetinoError(f"unknown layout {layout!r}: use auto, {', '.join(LAYOUTS)}")
+    return layout
+
+
+def read_split(
+    root: str | os.PathLike,
+    split: str = "train",
+    layout: str = "auto",
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+) -> SplitIndex:
+    """The file list of one split; a bad label table raises RetinoError naming file and line."""
+    scanned = scan_split(root, split, layout, test_fraction, split_seed)
+    if scanned.problems:
+        where, reason = scanned.problems[0]
+        more = len(scanned.problems) - 1
+        extra = f" (and {more} more problems)" if more else ""
+        raise RetinoError(
+            f"{where}: {reason}{extra}; fix the label files "
+            f"(python -m retino_utils.data validate {root} lists every problem)"
+        )
+    return scanned.index
+
+
+def scan_split(
+    root: str | os.PathLike,
+    split: str = "train",
+    layout: str = "auto",
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+) -> ScannedSplit:
+    """Read one split, collecting label problems instead of raising (what validate needs)."""
+    root = Path(root).resolve()
+    layout = resolve_layout(root, layout)
+    if split not in SPLITS:
+        raise RetinoError(f"unknown split {split!r}: use {' or '.join(SPLITS)}")
+    spec = LAYOUTS[layout]
+    if layout == "lab":
+        rows = read_lab_pair(_required(root, f"{split}_img.csv", layout), _required(root, f"{split}_label.csv", layout))
+        keep = np.ones(len(rows.names), dtype=bool)
+    else:
+        rows = read_label_table(_required(root, spec.markers[0], layout), *spec.columns)
+        groups = [patient_of(name) if layout == "kaggle" else name for name in rows.names]
+        in_test = stratified_group_split(groups, rows.labels, test_fraction, split_seed)
+        keep = in_test if split == "test" else ~in_test
+    names = tuple(n for n, k in zip(rows.names, keep) if k)
+    index = SplitIndex(
+        root,
+        layout,
+        split,
+        names,
+        resolve_image_paths(root, names, spec),
+        np.asarray(rows.labels, dtype=np.int64)[keep],
+    )
+    sources = tuple(s for s, k in zip(rows.sources, keep) if k)
+    return ScannedSplit(index, sources, rows.problems)
+
+
+def _required(root: Path, name: str, layout: str) -> Path:
+    path = root / name
+    if not path.is_file():
+        needed = ", ".join(LAYOUTS[layout].tables)
+        raise RetinoError(f"{path} not found: the {layout} layout needs {needed}")
+    return path
+
+
+def _numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """Non-blank lines with their 1-based numbers; whitespace, quotes and a BOM removed."""
+    text = path.read_text(encoding="utf-8-sig")
+    lines = ((number, line.strip().strip('"').strip()) for number, line in enumerate(text.splitlines(), 1))
+    return [(number, line) for number, line in lines if line]
+
+
+def read_lab_pair(img_csv: str | os.PathLike, label_csv: str | os.PathLike) -> TableRows:
+    """Pair the lab's one-value-a-line files: every row, with or without a header line.
+
+    The label file has a header when its first line is not a number; the image file's first line
+    is dropped with it only when it is a usual column name ("image", "id_code", ...), so a name
+    is never lost to a guess: a header in just one file shows up as unequal lengths.
+    """
+    img_csv, label_csv = Path(img_csv), Path(label_csv)
+    names, grades = _numbered_lines(img_csv), _numbered_lines(label_csv)
+    if grades and not _NUMBER_TEXT.fullmatch(grades[0][1]):
+        grades = grades[1:]
+        if names and names[0][1].lower() in NAME_HEADERS:
+            names = names[1:]
+    rows = TableRows()
+    if len(names) != len(grades):
+        rows.problems.append(
+            (
+                f"{img_csv.name}, {label_csv.name}",
+                f"{len(names)} names but {len(grades)} labels (a missing line, or a header in only one file?)",
+            )
+        )
+    for (name_line, name), (grade_line, grade) in zip(names, grades):
+        rows.add(name, f"{img_csv.name} line {name_line}", grade, f"{label_csv.name} line {grade_line}")
+    return rows
+
+
+def read_label_table(path: str | os.PathLike, name_column: str, grade_column: str) -> TableRows:
+    """A Kaggle-style CSV with a header naming its name and grade columns (e.g. ``image,level``)."""
+    path = Path(path)
+    reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig")))
+    header = [cell.strip() for cell in next(reader, [])]
+    if name_column not in header or grade_column not in header:
+        raise RetinoError(
+            f"{path}: expected a header with columns {name_column},{grade_column}, found {','.join(header)!r}"
+        )
+    name_at, grade_at = header.index(name_column), header.index(grade_column)
+    rows = TableRows()
+    for cells in reader:
+        where = f"{path.name} line {reader.line_num}"
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != len(header):
+            rows.problems.append((where, f"expected {len(header)} fields, found {len(cells)}"))
+            continue
+        rows.add(cells[name_at].strip(), where, cells[grade_at].strip(), where)
+    return rows
+
+
+def resolve_image_paths(root: Path, names: Sequence[str], spec: LayoutSpec) -> tuple[Path, ...]:
+    """Find each name's file in the layout's image folders (listing each folder once, not stat per name).
+
+    A name may carry its extension; otherwise .jpeg, .jpg and .png are tried, the layout's own first.
+    A name found nowhere gets the path it would have in the first existing folder.
+    """
+    folders = [root / sub if sub else root for sub in spec.image_dirs]
+    listings = {folder: set(os.listdir(folder)) if folder.is_dir() else set() for folder in folders}
+    home = next((folder for folder in folders if folder.is_dir()), folders[0])
+    extensions = [spec.extension] + [ext for ext in IMAGE_EXTENSIONS if ext != spec.extension]
+    extensions += [ext.upper() for ext in extensions]
+    paths = []
+    for name in names:
+        has_extension = Path(name).suffix.lower() in IMAGE_EXTENSIONS
+        candidates = [name] if has_extension else [name + ext for ext in extensions]
+        found = next((folder / c for folder in folders for c in candidates if c in listings[folder]), None)
+        paths.append(found or home / candidates[0])
+    return tuple(paths)
+
+
+def patient_of(name: str) -> str:
+    """The patient of a Kaggle image name: ``"10009_left"`` -> ``"10009"`` (the name itself otherwise)."""
+    stem = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
+    match = _EYE_SUFFIX.fullmatch(stem)
+    return match.group(1) if match else stem
+
+
+def stratified_group_split(
+    groups: Sequence[str], labels: Sequence[int], test_fraction: float, seed: int
+) -> np.ndarray:
+    """Boolean test mask putting whole groups (patients) on one side, stratified on their max grade.
+
+    Groups are ordered inside each stratum by sha256(seed, group), so the split is the same on every
+    machine and Python (no hash() or RNG), and adding patients never moves the existing ones.
+    Each stratum sends round(fraction * size) groups to test, with remainders apportioned so the
+    total is round(fraction * number of groups).
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise RetinoError(f"test_fraction {test_fraction} must be between 0 and 1 (e.g. 0.2)")
+    worst: dict[str, int] = {}
+    for group, label in zip(groups, labels):
+        worst[group] = max(worst.get(group, label), label)
+    strata: dict[int, list[str]] = {}
+    for group, grade in worst.items():
+        strata.setdefault(grade, []).append(group)
+    quotas = {grade: len(members) * test_fraction for grade, members in strata.items()}
+    counts = {grade: int(quota) for grade, quota in quotas.items()}
+    shortfall = round(len(worst) * test_fraction) - sum(counts.values())
+    for grade in sorted(quotas, key=lambda g: (-(quotas[g] - counts[g]), g))[:shortfall]:
+        counts[grade] += 1
+    test_groups: set[str] = set()
+    for grade, members in strata.items():
+        members.sort(key=lambda group: hashlib.sha256(f"{seed}:{group}".encode()).hexdigest())
+        test_groups.update(members[: counts[grade]])
+    return np.array([group in test_groups for group in groups], dtype=bool)
+
+
+def holdout_split(index: SplitIndex, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(kept, held_out)`` holding out ``fraction`` of a split's patients, stratified on grade
+    like the Kaggle test side (both eyes of a patient stay together)."""
+    groups = [patient_of(name) for name in index.names]
+    held = stratified_group_split(groups, index.labels.tolist(), fraction, seed)
+    return np.flatnonzero(~held), np.flatnonzero(held)

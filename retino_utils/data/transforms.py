@@ -1,0 +1,197 @@
+"""Augmentation and normalisation presets, shared by the per-image dataset and the cache loader.
+
+Random choices are drawn separately from applying them (``sample_choices`` then ``augment_batch``),
+so both paths apply exactly the same maths to the same draws, on a whole batch, on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import RetinoError
+from .images import ImageSource, load_resized, load_rgb
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The reference reports' train-set statistics at 512 px.
+REPORT_MEAN = (0.3749, 0.2602, 0.1857)
+REPORT_STD = (0.2526, 0.1780, 0.1291)
+
+Stats = Sequence[float]
+
+
+@dataclass
+class AugmentChoices:
+    """Per-sample draws: flips (bool) and rotation angle in degrees (float32), each of shape [B]."""
+
+    hflip: torch.Tensor
+    vflip: torch.Tensor
+    angle: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.hflip)
+
+    def __getitem__(self, item) -> "AugmentChoices":
+        return AugmentChoices(self.hflip[item], self.vflip[item], self.angle[item])
+
+
+def sample_choices(
+    n: int, generator: torch.Generator, hflip: bool = True, vflip: bool = True, rotation: float = 0.0
+) -> AugmentChoices:
+    """Each flip with p=0.5 (when enabled); angle uniform in [-rotation, rotation] (zeros when 0)."""
+
+    def coin(enabled: bool) -> torch.Tensor:
+        return torch.rand(n, generator=generator) < 0.5 if enabled else torch.zeros(n, dtype=torch.bool)
+
+    flips_h, flips_v = coin(hflip), coin(vflip)
+    if rotation:
+        angle = (torch.rand(n, generator=generator) * 2 - 1) * rotation
+    else:
+        angle = torch.zeros(n)
+    return AugmentChoices(flips_h, flips_v, angle)
+
+
+def normalize_batch(x_uint8: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> float32 ``(x/255 - mean)/std`` (torchvision's ``to_tensor`` + ``normalize``
+    within float32 rounding); memory format kept."""
+    return _normalize(x_uint8.float(), mean, std)
+
+
+def augment_batch(x_uint8: torch.Tensor, choices: AugmentChoices, mean: Stats, std: Stats) -> torch.Tensor:
+    """Flip and rotate each sample as ``choices`` say, then normalise: uint8 [B,3,H,W] -> float32."""
+    device = x_uint8.device
+    x = torch.where(choices.hflip.to(device).view(-1, 1, 1, 1), x_uint8.flip(3), x_uint8)
+    x = torch.where(choices.vflip.to(device).view(-1, 1, 1, 1), x.flip(2), x)
+    x = x.float()
+    rotated = torch.nonzero(choices.angle != 0).flatten()
+    if len(rotated):
+        # Only the rotated samples go through grid_sample, so unrotated ones stay exact.
+        rows = rotated.to(device)
+        x = x.index_copy(0, rows, rotate(x[rows], choices.angle[rotated]))
+    out = _normalize(x, mean, std)
+    if x_uint8.is_contiguous(memory_format=torch.channels_last) and not x_uint8.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each float image [B,C,H,W] about its centre (counter-clockwise for positive angles,
+    like torchvision); bilinear, zeros outside."""
+    radians = degrees.to(device=x.device, dtype=torch.float32) * (math.pi / 180)
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    height, width = x.shape[-2:]
+    zeros = torch.zeros_like(cos)
+    # Output pixel -> input pixel, in grid_sample's [-1, 1] coordinates (aspect-corrected).
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin * height / width, zeros], dim=1),
+            torch.stack([sin * width / height, cos, zeros], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _normalize(x: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
+    shape = (1, 3, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float64).view(shape)
+    std_t = torch.as_tensor(std, dtype=torch.float64).view(shape)
+    scale = (1 / (255 * std_t)).to(device=x.device, dtype=torch.float32)
+    shift = (-mean_t / std_t).to(device=x.device, dtype=torch.float32)
+    # One fused pass instead of three (divide, subtract, divide): about 2.5x faster on CPU.
+    out = torch.empty_like(x)
+    return torch.addcmul(shift, x, scale, out=out)
+
+
+def normalization(spec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` from ``"imagenet"``, ``"report"``, a ChannelStats, or a ``(mean, std)`` pair."""
+    if isinstance(spec, str):
+        named = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "report": (REPORT_MEAN, REPORT_STD)}
+        if spec not in named:
+            raise RetinoError(
+                f"unknown normalization {spec!r}: use imagenet, report, or the ChannelStats of "
+                "retino_utils.data.channel_stats(index) for the dataset's own"
+            )
+        return named[spec]
+    mean, std = (spec.mean, spec.std) if hasattr(spec, "mean") else spec
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise RetinoError(f"normalization needs 3 means and 3 positive stds, got mean={mean} std={std}")
+    return mean, std
+
+
+def to_uint8_tensor(source: ImageSource, image_size: int | None) -> torch.Tensor:
+    """Decode to a uint8 [3,H,W] tensor: ``load_resized`` when a size is given, native size otherwise."""
+    array = load_resized(source, image_size) if image_size else np.array(load_rgb(source))
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+class DecodePreset:
+    """The dataset's default: a uint8 [3,H,W] tensor, resized when ``image_size`` is given."""
+
+    def __init__(self, image_size: int | None = None):
+        self.image_size = image_size
+
+    def __call__(self, source: ImageSource) -> torch.Tensor:
+        return to_uint8_tensor(source, self.image_size)
+
+
+class EvalPreset:
+    """Decode, resize and normalise: float32 [3,S,S]."""
+
+    def __init__(self, image_size: int, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD):
+        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+
+    def __call__(self, source: ImageSource) -> torch.Tensor:
+        return normalize_batch(to_uint8_tensor(source, self.image_size)[None], self.mean, self.std)[0]
+
+
+class TrainPreset:
+    """Decode, resize, random flips/rotation, normalise: float32 [3,S,S], for the per-image path.
+
+    Draws from a ``torch.Generator`` it owns (``seed`` makes it reproducible). Inside DataLoader
+    workers the generator is reseeded from the worker's seed, so workers don't repeat each
+    other's draws.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: Stats = IMAGENET_MEAN,
+        std: Stats = IMAGENET_STD,
+        hflip: bool = True,
+        vflip: bool = True,
+        rotation: float = 0.0,
+        seed: int | None = None,
+    ):
+        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+        self.hflip, self.vflip, self.rotation = hflip, vflip, rotation
+        self.generator = torch.Generator()
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+        self._worker_id: int | None = None
+
+    def sample_choices(self, n: int, generator: torch.Generator) -> AugmentChoices:
+        return sample_choices(n, generator, self.hflip, self.vflip, self.rotation)
+
+    def __call__(self, source: ImageSource, choices: AugmentChoices | None = None) -> torch.Tensor:
+        if choices is None:
+            choices = self.sample_choices(1, self._own_generator())
+        x = to_uint8_tensor(source, self.image_size)[None]
+        return augment_batch(x, choices, self.mean, self.std)[0]
+
+    def _own_generator(self) -> torch.Generator:
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.id != self._worker_id:
+            self.generator.manual_seed(worker.seed)
+            self._worker_id = worker.id
+        return self.generator
