@@ -1,0 +1,105 @@
+"""One training epoch and one evaluation pass, free of file I/O and bookkeeping."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .device import autocast
+from .losses.ordinal import scores_to_grades
+from .progress import progress
+
+
+@dataclass
+class PassOutputs:
+    """What a pass over a split produced on this process: summed loss, raw outputs in batch order."""
+
+    loss_sum: float
+    outputs: torch.Tensor  # (N, C) logits, or (N,) regression scores; float32 on the CPU
+    labels: torch.Tensor  # (N,) int64
+    indices: torch.Tensor  # (N,) dataset indices, to align outputs with names
+    seconds: float
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.numel())
+
+
+def _flatten_outputs(out: torch.Tensor) -> torch.Tensor:
+    """Regression heads give (B, 1); everything downstream wants (B,)."""
+    return out.squeeze(1) if out.ndim == 2 and out.shape[1] == 1 else out
+
+
+def train_one_epoch(model, loss_fn, optimizer, loader, *, device, bf16=False, scheduler=None,
+                    show_progress=True, desc="train") -> PassOutputs:
+    """Train over ``loader`` once; ``scheduler`` (if any) steps after every batch."""
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    outputs, labels, indices = [], [], []
+    bar = progress(loader, enabled=show_progress, desc=desc, total=len(loader), unit="batch", leave=False)
+    for step, (x, y, idx) in enumerate(bar):
+        with autocast(device, bf16):
+            out = _flatten_outputs(model(x))
+        loss = loss_fn(out.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach().double() * y.numel()
+        outputs.append(out.detach().float())
+        labels.append(y)
+        indices.append(idx)
+        if show_progress and step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return _collect(loss_sum, outputs, labels, indices, start)
+
+
+@torch.no_grad()
+def evaluate(model, loss_fn, loader, *, device, bf16=False, tta=False, show_progress=False,
+             desc="eval") -> PassOutputs:
+    """Outputs on ``loader`` in eval mode; ``tta`` averages them over the four flips."""
+    start = time.perf_counter()
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    outputs, labels, indices = [], [], []
+    for x, y, idx in progress(loader, enabled=show_progress, desc=desc, total=len(loader), unit="batch", leave=False):
+        views = [x, x.flip(-1), x.flip(-2), x.flip(-1, -2)] if tta else [x]
+        with autocast(device, bf16):
+            out = torch.stack([_flatten_outputs(model(v)).float() for v in views]).mean(0)
+        loss_sum += loss_fn(out, y).double() * y.numel()
+        outputs.append(out)
+        labels.append(y)
+        indices.append(idx)
+    return _collect(loss_sum, outputs, labels, indices, start)
+
+
+def _collect(loss_sum, outputs, labels, indices, start) -> PassOutputs:
+    def cat(parts, dtype):
+        return torch.cat(parts).to("cpu", dtype) if parts else torch.zeros(0, dtype=dtype)
+
+    return PassOutputs(
+        loss_sum=float(loss_sum.item()),
+        outputs=cat(outputs, torch.float32),
+        labels=cat(labels, torch.int64),
+        indices=cat(indices, torch.int64),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def predict_grades(outputs: torch.Tensor, thresholds=None) -> np.ndarray:
+    """Grades from logits (argmax) or from regression scores cut at ``thresholds``."""
+    if outputs.ndim == 1:
+        return scores_to_grades(outputs.numpy(), thresholds)
+    return outputs.argmax(1).numpy()
+
+
+def referable_scores(outputs: torch.Tensor) -> np.ndarray:
+    """A score that ranks referable DR (grade >= 2): P(grade >= 2), or the regression score."""
+    if outputs.ndim == 1:
+        return outputs.numpy().astype(np.float64)
+    return F.softmax(outputs.double(), dim=1)[:, 2:].sum(1).numpy()

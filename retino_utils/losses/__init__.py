@@ -1,0 +1,59 @@
+"""Loss functions by name, one small module each (like timm): CE, weighted CE, focal, regression."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from retino_utils.errors import RetinoError
+from retino_utils.losses.class_weights import inverse_frequency_weights, report002_weights, sample_weights
+from retino_utils.losses.focal import FocalLoss
+from retino_utils.losses.ordinal import RegressionLoss, scores_to_grades, tune_thresholds
+
+LOSSES = ("ce", "wce", "focal", "mse", "smooth_l1")
+REGRESSION_LOSSES = ("mse", "smooth_l1")
+CLASS_WEIGHTINGS = {"inverse": inverse_frequency_weights, "report002": report002_weights}
+
+__all__ = ["LOSSES", "build_loss", "is_regression", "FocalLoss", "RegressionLoss", "inverse_frequency_weights",
+           "report002_weights", "sample_weights", "scores_to_grades", "tune_thresholds"]
+
+
+def is_regression(name: str) -> bool:
+    """Whether the loss trains the one-output (ordinal regression) head."""
+    _check_name(name)
+    return name in REGRESSION_LOSSES
+
+
+def build_loss(name: str, class_counts: Sequence[int] | None = None, focal_gamma: float = 2.0,
+               focal_alpha: str | Sequence[float] | torch.Tensor | None = None,
+               class_weighting: str = "inverse") -> nn.Module:
+    """The loss module for ``name``; ``class_counts`` (training split) feed ``wce`` and focal alpha.
+
+    ``focal_alpha``: None, ``"inverse"``, ``"report002"`` or explicit per-class weights.
+    """
+    _check_name(name)
+    if name == "ce":
+        return nn.CrossEntropyLoss()
+    if name == "wce":
+        return nn.CrossEntropyLoss(weight=_class_weights(class_weighting, class_counts, "wce"))
+    if name == "focal":
+        alpha = focal_alpha
+        if isinstance(focal_alpha, str):
+            alpha = _class_weights(focal_alpha, class_counts, "focal alpha")
+        return FocalLoss(gamma=focal_gamma, alpha=alpha)
+    return RegressionLoss(kind=name)
+
+
+def _check_name(name: str) -> None:
+    if name not in LOSSES:
+        raise RetinoError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
+
+
+def _class_weights(weighting: str, class_counts: Sequence[int] | None, needed_by: str) -> torch.Tensor:
+    if weighting not in CLASS_WEIGHTINGS:
+        raise RetinoError(f"unknown class weighting {weighting!r}: choose one of {', '.join(CLASS_WEIGHTINGS)}")
+    if class_counts is None:
+        raise RetinoError(f"{needed_by} needs the training split's class counts (class_counts=...)")
+    return CLASS_WEIGHTINGS[weighting](class_counts)

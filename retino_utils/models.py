@@ -1,0 +1,226 @@
+"""ResNet-18/50 for DR grading: construction, weights (ImageNet or a file), two-phase freezing."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+
+from retino_utils.errors import RetinoError
+from retino_utils.resnet_native import resnet18_native, resnet50_native
+
+ARCHS = ("resnet18", "resnet50")
+IMPLS = ("torchvision", "native")
+HEAD = "fc"
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
+REACHABILITY_TIMEOUT_S = 3.0
+
+_CONSTRUCTORS = {
+    "torchvision": {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50},
+    "native": {"resnet18": resnet18_native, "resnet50": resnet50_native},
+}
+_IMAGENET_WEIGHTS = {
+    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+}
+
+
+class WeightsUnavailableError(RetinoError):
+    """ImageNet weights are neither in the torch hub cache nor downloadable from here."""
+
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise RetinoError(f"unknown {what} {value!r}: choose one of {', '.join(choices)}")
+
+
+def build_model(arch: str, weights: str | Path | None = None, num_classes: int = 5,
+                impl: str = "torchvision") -> nn.Module:
+    """A ResNet with a ``num_classes``-output head (1 = the ordinal regression head).
+
+    ``weights``: None (random init), ``"imagenet"``, or a state-dict / checkpoint file. The head is
+    loaded only when the file's head has the same size; otherwise it stays freshly initialised.
+    """
+    _check_choice(arch, ARCHS, "arch")
+    _check_choice(impl, IMPLS, "impl")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise RetinoError(f"num_classes must be a positive integer, got {num_classes!r}")
+    model = _CONSTRUCTORS[impl][arch](num_classes=num_classes)
+    if weights is None:
+        return model
+    if isinstance(weights, str) and weights == "imagenet":
+        state, source = load_imagenet_state_dict(arch), f"ImageNet weights {imagenet_weights_file(arch)}"
+    elif isinstance(weights, (str, Path)):
+        state, source = read_weights_file(Path(weights)), f"weights file {weights}"
+    else:
+        raise RetinoError(f"weights must be None, 'imagenet' or a file path, got {weights!r}")
+    load_backbone_and_head(model, state, source, arch)
+    return model
+
+
+# --- ImageNet weights through torchvision's cache ---------------------------------------------
+
+def imagenet_weights_file(arch: str) -> Path:
+    """Where torchvision caches (and we look for) the ImageNet weights of ``arch``."""
+    _check_choice(arch, ARCHS, "arch")
+    file_name = Path(urlparse(_IMAGENET_WEIGHTS[arch].url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+
+
+def load_imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    """The cached ImageNet state dict; downloaded first only when the host answers quickly."""
+    path = imagenet_weights_file(arch)
+    if path.is_file():
+        return read_weights_file(path)
+    weights = _IMAGENET_WEIGHTS[arch]
+    if os.environ.get("RETINO_OFFLINE") == "1":
+        reason = "RETINO_OFFLINE=1"
+    elif not _reachable(weights.url):
+        reason = f"{urlparse(weights.url).hostname} is unreachable"
+    else:
+        try:
+            return weights.get_state_dict(progress=True)
+        except Exception as exc:  # any network/HTTP/IO failure ends in the same advice
+            reason = f"download failed: {_first_line(exc)}"
+    raise WeightsUnavailableError(
+        f"ImageNet weights for {arch} are not cached and cannot be downloaded ({reason}): "
+        f"put {path.name} (from {weights.url}) into {path.parent} "
+        f"(set TORCH_HOME to use another cache), e.g. on a connected machine run: "
+        f"python -c \"import torchvision; torchvision.models.{arch}(weights='IMAGENET1K_V1')\" "
+        f"and copy the file."
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _reachable(url: str, timeout: float = REACHABILITY_TIMEOUT_S) -> bool:
+    """Can a TCP connection to the URL's host (or the configured HTTPS proxy) open within ``timeout``?
+
+    The probe runs in a daemon thread because a stalled DNS lookup ignores socket timeouts.
+    """
+    proxy = urllib.request.getproxies().get("https")
+    target = urlparse(proxy if proxy else url)
+    address = (target.hostname, target.port or (443 if target.scheme == "https" else 80))
+    opened: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                opened.append(True)
+        except OSError:  # DNS failure, refused, timed out
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
+
+
+# --- weights files ------------------------------------------------------------------------------
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a plain state-dict file or our checkpoint (``{"model": state, ...}``).
+
+    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes are stripped.
+    """
+    if not path.is_file():
+        raise RetinoError(f"weights file {path} not found: check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RetinoError(f"weights file {path} cannot be read as a PyTorch state dict ({_first_line(exc)})") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise RetinoError(f"weights file {path} holds no state dict (expected tensors by name, "
+                          f"or a checkpoint with a 'model' entry)")
+    return {_strip_wrapper_prefixes(key): value for key, value in obj.items()}
+
+
+def _strip_wrapper_prefixes(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def load_backbone_and_head(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
+    """Load every backbone tensor (strictly) and the head only when its shape matches the model's."""
+    own = model.state_dict()
+    head_keys = {key for key in own if key.startswith(HEAD + ".")}
+    backbone_keys = set(own) - head_keys
+    missing = sorted(backbone_keys - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshapen = sorted(k for k in backbone_keys & set(state) if state[k].shape != own[k].shape)
+    if missing or unexpected or misshapen:
+        problems = [_count_keys("missing", missing), _count_keys("unexpected", unexpected)]
+        if misshapen:
+            problems.append(f"{len(misshapen)} keys of another shape, e.g. {misshapen[0]}")
+        raise RetinoError(f"{source} does not fit {arch} ({'; '.join(problems)}): "
+                          f"was it saved from another architecture?")
+    head_fits = all(key in state and state[key].shape == own[key].shape for key in head_keys)
+    to_load = {k: v for k, v in state.items() if k in backbone_keys or head_fits}
+    model.load_state_dict(to_load, strict=head_fits)
+
+
+def _count_keys(what: str, keys: list[str]) -> str:
+    return f"{what} {len(keys)} keys, e.g. {keys[0]}" if keys else f"{what} 0 keys"
+
+
+# --- two-phase training: frozen backbone, then everything ---------------------------------------
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain network inside DDP/DataParallel (``.module``) and torch.compile (``._orig_mod``)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return list(getattr(unwrap(model), HEAD).parameters())
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in unwrap(model).parameters() if p.requires_grad]
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Only the head keeps gradients. Call ``set_train_mode`` (not ``train()``) afterwards."""
+    for name, param in unwrap(model).named_parameters():
+        param.requires_grad = name.startswith(HEAD + ".")
+
+
+def unfreeze_all(model: nn.Module) -> None:
+    for param in unwrap(model).parameters():
+        param.requires_grad = True
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, but BatchNorms whose parameters are all frozen stay in eval mode.
+
+    Without this a "frozen" backbone still drifts: BN running statistics update in every
+    training forward pass even when no weight gets a gradient.
+    """
+    model.train()
+    for module in unwrap(model).modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()

@@ -1,0 +1,214 @@
+"""The training engine end to end on a tiny dataset: outputs, resume, bad input, frozen phases."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from sklearn.metrics import accuracy_score, cohen_kappa_score
+
+from retino_utils.config import TrainConfig
+from retino_utils.errors import RetinoError
+from retino_utils.train import HISTORY_COLUMNS, fit
+
+TIMING_COLUMNS = ["seconds", "images_per_s"]
+
+
+def cli(*args, env=None, timeout=300):
+    full_env = {**os.environ, "RETINO_PROGRESS": "0", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "retino_utils.train", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, timeout=timeout)
+
+
+def small_config(data, out, **overrides):
+    values = dict(data=str(data), out=str(out), arch="resnet18", epochs=2, batch_size=8, image_size=32,
+                  device="cpu", progress=False, seed=0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_cli_writes_every_run_file(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    result = cli("--data", tiny_dataset, "--arch", "resnet18", "--weights", "none", "--epochs", 2,
+                 "--image-size", 32, "--batch-size", 8, "--out", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    for name in ("config.yaml", "history.csv", "best.pt", "last.pt", "predictions.csv", "metrics.json"):
+        assert (out / name).is_file(), name
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == HISTORY_COLUMNS
+    assert list(history.epoch) == [1, 2]
+    # metrics.json agrees with predictions.csv, recomputed independently with sklearn
+    predictions = pd.read_csv(out / "predictions.csv")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(predictions) == 20 == metrics["n"]
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(predictions.true_grade, predictions.pred_grade))
+    qwk = cohen_kappa_score(predictions.true_grade, predictions.pred_grade, weights="quadratic")
+    assert metrics["qwk"] == pytest.approx(0.0 if np.isnan(qwk) else qwk)
+    probs = predictions[[f"p{g}" for g in range(5)]].to_numpy()
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert (probs.argmax(1) == predictions.pred_grade).all()
+    best_epoch = metrics["best_epoch"]
+    assert metrics["accuracy"] == pytest.approx(history.test_acc[best_epoch - 1])
+    # the checkpoint is one dict readable with weights_only
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "config", "history", "rng"} <= set(state)
+    assert state["epoch"] == 2
+
+
+def test_imagenet_without_cached_file_fails_fast(tiny_dataset, tmp_path):
+    start = time.perf_counter()
+    result = cli("--data", tiny_dataset, "--weights", "imagenet", "--epochs", 1, "--image-size", 32,
+                 "--out", tmp_path / "run", env={"TORCH_HOME": str(tmp_path / "torch")})
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "resnet18-f37072fd.pth" in lines[0] and str(tmp_path / "torch") in lines[0]
+    assert elapsed < 5 + 3  # interpreter and torch import included
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--arch", "resnet34"], "resnet34"),
+    (["--loss", "hinge"], "hinge"),
+    (["--device", "tpu"], "tpu"),
+])
+def test_unknown_choices_are_one_line_errors(tiny_dataset, tmp_path, args, needle):
+    result = cli("--data", tiny_dataset, "--out", tmp_path / "run", *args)
+    assert result.returncode == 2
+    assert needle in result.stderr
+
+
+def test_config_errors_name_the_value(tiny_dataset, tmp_path):
+    with pytest.raises(RetinoError, match="tpu"):
+        fit(small_config(tiny_dataset, tmp_path / "r", device="tpu"))
+    with pytest.raises(RetinoError, match="hinge"):
+        small_config(tiny_dataset, tmp_path / "r", loss="hinge")
+
+
+def test_weights_file_of_another_architecture(tiny_dataset, tmp_path):
+    path = tmp_path / "r50.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    with pytest.raises(RetinoError, match="r50.pth"):
+        fit(small_config(tiny_dataset, tmp_path / "run", weights=str(path)))
+
+
+def test_empty_split_and_missing_image_fail_before_training(tiny_dataset, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data, ignore=shutil.ignore_patterns(".retino-cache"))
+    (data / "test_img.csv").write_text("")
+    (data / "test_label.csv").write_text("")
+    with pytest.raises(RetinoError, match="test"):
+        fit(small_config(data, tmp_path / "run1"))
+    shutil.rmtree(data)
+    shutil.copytree(tiny_dataset, data, ignore=shutil.ignore_patterns(".retino-cache"))
+    first = (data / "train_img.csv").read_text().split()[0]
+    (data / "images" / f"{first}.jpeg").unlink()
+    with pytest.raises(RetinoError, match=first):
+        fit(small_config(data, tmp_path / "run2"))
+    assert not (tmp_path / "run2" / "last.pt").exists()
+
+
+def test_resume_refuses_another_config(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    fit(small_config(tiny_dataset, out, epochs=1))
+    with pytest.raises(RetinoError, match="already holds"):
+        fit(small_config(tiny_dataset, out, epochs=1))
+    with pytest.raises(RetinoError, match="lr"):
+        fit(small_config(tiny_dataset, out, epochs=1, lr=0.1, resume=True))
+    # the same config resumes a finished run without training again
+    history = fit(small_config(tiny_dataset, out, epochs=1, resume=True))
+    assert len(history) == 1
+
+
+def _strip_timing(frame):
+    return frame.drop(columns=TIMING_COLUMNS)
+
+
+def test_killed_run_resumes_to_the_same_history(tiny_dataset, tmp_path):
+    args = ["--data", tiny_dataset, "--epochs", 3, "--image-size", 32, "--batch-size", 8, "--device", "cpu",
+            "--deterministic", "--schedule", "onecycle", "--lr", "0.01"]
+    reference = tmp_path / "uninterrupted"
+    assert cli(*args, "--out", reference).returncode == 0
+
+    out = tmp_path / "interrupted"
+    env = {**os.environ, "RETINO_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "retino_utils.train", *map(str, args), "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = out / "history.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(pd.read_csv(history)) >= 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert len(pd.read_csv(history)) == 1
+
+    resumed = cli(*args, "--out", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    pd.testing.assert_frame_equal(_strip_timing(pd.read_csv(out / "history.csv")),
+                                  _strip_timing(pd.read_csv(reference / "history.csv")))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), pd.read_csv(reference / "predictions.csv"))
+
+
+def test_feature_extraction_phase_keeps_the_backbone_frozen(tiny_dataset, tmp_path):
+    torch.manual_seed(1)
+    source = torchvision.models.resnet18(num_classes=1000)
+    source.train()
+    source(torch.randn(4, 3, 32, 32))  # non-default BatchNorm statistics, so a reset would show
+    path = tmp_path / "backbone.pth"
+    torch.save(source.state_dict(), path)
+    out = tmp_path / "run"
+    history = fit(small_config(tiny_dataset, out, weights=str(path), epochs=1, fe_epochs=1))
+    assert list(history.phase) == ["fe"]
+    trained = torch.load(out / "last.pt", weights_only=True)["model"]
+    expected = source.state_dict()
+    for key, value in trained.items():
+        if key.startswith("fc."):
+            continue
+        assert torch.equal(value, expected[key]), key
+    assert trained["fc.weight"].shape == (5, 512)
+
+
+def test_regression_head_writes_scores_and_thresholds(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    fit(small_config(tiny_dataset, out, loss="mse", epochs=1))
+    metrics = json.loads((out / "metrics.json").read_text())
+    thresholds = metrics["thresholds"]
+    assert len(thresholds) == 4 and thresholds == sorted(thresholds)
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert "score" in predictions
+    expected = np.digitize(predictions.score, thresholds)
+    assert (predictions.pred_grade == expected).all()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tiny_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "RETINO_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "retino_utils.train", "--data", str(tiny_dataset),
+         "--epochs", "2", "--image-size", "32", "--batch-size", "8", "--device", "cpu", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 processes" in result.stdout
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.epoch) == [1, 2]
+    predictions = pd.read_csv(out / "predictions.csv")
+    test_names = (tiny_dataset / "test_img.csv").read_text().split()
+    assert sorted(predictions.name) == sorted(test_names)  # the whole test set, each image once
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(predictions.true_grade, predictions.pred_grade))
