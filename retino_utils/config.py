@@ -26,7 +26,7 @@ CHOICES = {
     "class_weighting": ("inverse", "report002"),
     "loader": ("cache", "pil"),
     "precision": ("auto", "bf16", "fp32"),
-    "best_metric": ("accuracy", "qwk"),
+    "best_metric": ("accuracy", "qwk", "last"),
     "layout": ("auto", "lab", "kaggle", "aptos"),
 }
 

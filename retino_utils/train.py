@@ -38,7 +38,8 @@ from .models import build_model, freeze_backbone, head_parameters, set_train_mod
 HISTORY_COLUMNS = ["epoch", "phase", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_qwk",
                    "test_macro_f1", "seconds", "images_per_s"]
 RUN_FILES = ("config.yaml", "history.csv", "last.pt", "best.pt", "predictions.csv", "metrics.json")
-BEST_METRIC_COLUMNS = {"accuracy": "test_acc", "qwk": "test_qwk"}
+# "last" keeps the final epoch: no epoch is chosen by the evaluated split (honest test figures).
+BEST_METRIC_COLUMNS = {"accuracy": "test_acc", "qwk": "test_qwk", "last": "epoch"}
 
 
 def fit(config: TrainConfig | dict, *, on_epoch_end: Callable[[dict], None] | None = None) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from .images import load_resized, load_rgb
 from .layouts import LAYOUTS, SPLITS, SplitIndex, detect_layout, holdout_split, read_lab_pair, read_split
 from .preprocess import preprocess
 from .stats import ChannelStats, channel_stats
+from .summary import grade_table, image_size_table, imbalance_note, samples_per_grade, stats_table
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -49,7 +50,10 @@ __all__ = [
     "channel_stats",
     "dataset_cache_dir",
     "detect_layout",
+    "grade_table",
     "holdout_split",
+    "image_size_table",
+    "imbalance_note",
     "image_problems",
     "load_resized",
     "load_rgb",
@@ -60,5 +64,7 @@ __all__ = [
     "read_lab_pair",
     "read_split",
     "sample_choices",
+    "samples_per_grade",
+    "stats_table",
     "validate",
 ]

@@ -1,0 +1,41 @@
+"""Defaults for notebooks opened by hand: an empty path parameter means the demo build's folder.
+
+Resolved from the package, so a notebook runs from any working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .paths import BUILD_DIR, FIGURES_DIR
+
+DEMO_DIR = BUILD_DIR / "demo"
+
+
+def data_dir(value: str = "") -> Path:
+    """``value``, or the demo's synthetic data (generated here on first use, as the report would)."""
+    if value:
+        return Path(value)
+    from .report import load_pipeline
+    from .synthetic import generate_dataset
+
+    spec = load_pipeline()["profiles"]["demo"]["synthetic"]
+    return generate_dataset(DEMO_DIR / "data", spec["train"], spec["test"], size=spec["size"], seed=spec["seed"],
+                            progress=False)
+
+
+def figures_dir(value: str = "") -> Path:
+    path = Path(value) if value else FIGURES_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_dir(value: str, name: str) -> Path:
+    return Path(value) if value else DEMO_DIR / "runs" / name
+
+
+def run_dirs(given: dict, names) -> dict[str, Path]:
+    """The runs a notebook reads: the ones given, or the demo build's runs of these names."""
+    if given:
+        return {name: Path(path) for name, path in given.items()}
+    return {name: run_dir("", name) for name in names}

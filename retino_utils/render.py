@@ -1,0 +1,127 @@
+"""The rendered report: one HTML page per executed notebook (code hidden) and an index page.
+
+Figures are embedded as data URIs, so the folder reads offline and can be mailed as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from .atomic import write_text
+from .models import imagenet_weights_file
+
+# Figures shown on the index page, in order, when the notebooks produced them.
+INDEX_FIGURES = (
+    ("comparison_resnet18.png", "ResNet-18: accuracy per epoch with and without pretraining"),
+    ("comparison_resnet50.png", "ResNet-50: accuracy per epoch with and without pretraining"),
+    ("confusion_grid.png", "Confusion matrices of the four main runs (best checkpoints, normalized over true grades)"),
+    ("imbalance_confusion.png", "Class imbalance: confusion matrices per loss / sampler"),
+    ("imbalance_recall.png", "Class imbalance: recall per grade"),
+    ("data_grades.png", "Images per grade"),
+)
+
+STYLE = """
+body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2rem auto;
+       max-width: 1100px; color: #222; line-height: 1.45; padding: 0 1rem; }
+h1 { margin-bottom: 0.2rem; } .meta { color: #666; margin-top: 0; }
+.warning { background: #fff4e5; border-left: 5px solid #f0a020; padding: 0.8rem 1rem; margin: 1rem 0; }
+.warning code { word-break: break-all; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.92rem; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9rem; }
+nav ul { columns: 2; }
+"""
+
+
+def notebook_page(executed: Path, target: Path) -> None:
+    """An executed notebook as HTML without its code (outputs and text only)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    write_text(target, body)
+
+
+def _image_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _missing_banner(results: dict) -> str:
+    missing = {n: r for n, r in results["runs"].items() if r["status"] != "done"}
+    if not missing:
+        return ""
+    items = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(r['message'] or r['status'])}</li>"
+                    for n, r in missing.items())
+    weights = sorted({str(imagenet_weights_file(r["settings"]["arch"])) for r in missing.values()
+                      if r["settings"].get("weights") == "imagenet"})
+    how = ""
+    if weights:
+        files = "".join(f"<li><code>{html.escape(w)}</code></li>" for w in weights)
+        how = ("<p>To include the pretrained runs, put the ImageNet weights files here (torchvision's cache; "
+               "set <code>TORCH_HOME</code> to use another folder) and run the same command again; "
+               f"only the missing steps run:</p><ul>{files}</ul>")
+    return (f'<div class="warning"><p><b>{len(missing)} run(s) missing from this report.</b> '
+            f"Figures and tables below leave them out.</p><ul>{items}</ul>{how}</div>")
+
+
+def _summary_table(results: dict) -> str:
+    rows = []
+    for name, run in results["runs"].items():
+        metrics = run.get("metrics")
+        settings = run["settings"]
+        row = {"run": name, "group": run["group"], "arch": settings.get("arch"),
+               "weights": settings.get("weights") or "none", "loss": settings.get("loss"),
+               "sampler": settings.get("sampler"), "status": run["status"]}
+        if metrics:
+            row.update({"accuracy": f"{100 * metrics['accuracy']:.1f}%", "QWK": f"{metrics['qwk']:.3f}",
+                        "macro-F1": f"{metrics['macro_f1']:.3f}"})
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("").to_html(index=False, border=0, escape=True)
+
+
+def render_report(ctx, steps: Sequence, results: dict) -> Path:
+    """Write ``OUT/report/index.html`` and one page per executed notebook; returns the index path."""
+    report_dir = ctx.out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    links = []
+    for step in steps:
+        executed = ctx.out / "notebooks" / f"{step.name.replace('/', '_')}.ipynb"
+        if not executed.exists() or results["steps"].get(step.name, {}).get("status") == "missing":
+            continue  # a run missing for lack of weights is explained on the index page, not as a traceback
+        page = report_dir / f"{step.name.replace('/', '_')}.html"
+        if not page.exists() or page.stat().st_mtime < executed.stat().st_mtime:
+            notebook_page(executed, page)
+        links.append(f'<li><a href="{page.name}">{html.escape(step.name)}</a></li>')
+    figures = []
+    for name, caption in INDEX_FIGURES:
+        path = Path(ctx.figures) / name
+        if path.exists():
+            figures.append(f"<figure>{_image_tag(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>retino report ({html.escape(ctx.profile)})</title>
+<style>{STYLE}</style></head><body>
+<h1>Diabetic retinopathy grading with ResNets</h1>
+<p class="meta">profile <b>{html.escape(ctx.profile)}</b> &middot; data <code>{html.escape(str(ctx.data_dir))}</code>
+&middot; generated {html.escape(results['generated'])}</p>
+{_missing_banner(results)}
+<h2>Runs</h2>
+<p>Test-split figures of each run's best checkpoint (by test accuracy, as in the reports).</p>
+{_summary_table(results)}
+<h2>Figures</h2>
+{''.join(figures)}
+<h2>Notebooks</h2>
+<nav><ul>{''.join(links)}</ul></nav>
+</body></html>
+"""
+    index = report_dir / "index.html"
+    write_text(index, page)
+    return index

@@ -1,0 +1,181 @@
+"""The report: notebook hygiene, the runner's error paths, and the smoke profile end to end through real kernels."""
+
+import ast
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+import torchvision
+import yaml
+
+from retino_utils.errors import RetinoError
+from retino_utils.paths import NOTEBOOKS_DIR
+from retino_utils.report import PIPELINE_FILE, build_report, check_parameters, load_pipeline, plan
+
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+EXPECTED_FIGURES = [
+    "data_grades.png", "data_samples.png", "comparison_resnet18.png", "comparison_resnet50.png",
+    "confusion_grid.png", "imbalance_confusion.png", "imbalance_recall.png",
+    *[f"confusion_{run}.png" for run in ("resnet18_scratch", "resnet18_imagenet", "resnet50_scratch",
+                                         "resnet50_imagenet")],
+]
+
+
+def run_report(*args, env=None, timeout=900):
+    full_env = {**os.environ, "RETINO_PROGRESS": "0", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "retino_utils.report", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, timeout=timeout)
+
+
+# -- notebook hygiene ------------------------------------------------------------------------------
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 5
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_hygiene(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert all(not cell.outputs and cell.execution_count is None for cell in code), "outputs stored in git"
+    tagged = [cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code"
+    for cell in code:
+        tree = ast.parse(cell.source)
+        defined = [node for node in ast.walk(tree)
+                   if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))]
+        assert not defined, f"{path.name} defines logic in a notebook: {cell.source[:80]!r}"
+
+
+# -- the runner's error paths ----------------------------------------------------------------------
+def test_unknown_and_missing_parameters_are_errors(tmp_path):
+    pipeline = load_pipeline()
+    steps = plan(pipeline, "smoke", tmp_path / "data", tmp_path / "out", tmp_path / "fig", "cpu")
+    check_parameters(steps)  # the shipped pipeline fits its notebooks
+    train = next(step for step in steps if step.run)
+    train.parameters["learning_rate"] = 0.1
+    with pytest.raises(RetinoError, match="unknown parameter.*learning_rate"):
+        check_parameters(steps)
+    del train.parameters["learning_rate"]
+    del train.parameters["epochs"]
+    with pytest.raises(RetinoError, match="epochs.*not given"):
+        check_parameters(steps)
+
+
+def test_missing_data_folder_is_a_one_line_error(tmp_path):
+    result = run_report("--profile", "full", "--data", tmp_path / "nowhere", "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "nowhere" in result.stderr and "not found" in result.stderr
+    result = run_report("--profile", "full", "--out", tmp_path / "out")
+    assert result.returncode == 2 and "--data" in result.stderr
+
+
+def test_only_matching_nothing_is_an_error(tmp_path):
+    with pytest.raises(RetinoError, match="matches no step"):
+        build_report("smoke", out=str(tmp_path / "out"), only="nonesuch")
+
+
+def test_pipeline_profiles_cover_every_run():
+    pipeline = yaml.safe_load(PIPELINE_FILE.read_text())
+    assert set(pipeline["profiles"]) == {"demo", "full", "smoke"}
+    assert pipeline["imbalance_baseline"] in pipeline["runs"]
+
+
+# -- end to end --------------------------------------------------------------------------------------
+def write_fake_imagenet_weights(torch_home: Path) -> None:
+    """ImageNet-shaped state dicts (random, seeded) where torchvision's cache expects them."""
+    from retino_utils.models import imagenet_weights_file
+
+    os.environ["TORCH_HOME"] = str(torch_home)
+    try:
+        for arch in ("resnet18", "resnet50"):
+            torch.manual_seed(0)
+            path = imagenet_weights_file(arch)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(getattr(torchvision.models, arch)(num_classes=1000).state_dict(), path)
+    finally:
+        del os.environ["TORCH_HOME"]
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    torch_home = root / "torch"
+    write_fake_imagenet_weights(torch_home)
+    env = {"TORCH_HOME": str(torch_home), "RETINO_CACHE": str(root / "cache")}
+    first = run_report("--profile", "smoke", "--out", root / "out", "--device", "cpu", env=env)
+    second = run_report("--profile", "smoke", "--out", root / "out", "--device", "cpu", env=env)
+    return root / "out", first, second
+
+
+@pytest.mark.slow
+def test_smoke_report_builds_everything(smoke_report):
+    out, first, _ = smoke_report
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert f"report: {out / 'report' / 'index.html'}" in first.stdout
+    pipeline = load_pipeline()
+    for step in [e["step"] for e in pipeline["notebooks"] if not e.get("per_run")]:
+        assert (out / "notebooks" / f"{step}.ipynb").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["runs"]) == set(pipeline["runs"])
+    for name, run in results["runs"].items():
+        assert run["status"] == "done", name
+        assert 0 <= run["metrics"]["accuracy"] <= 1
+    # the pretrained runs really started from the (generated) ImageNet file, two phases
+    history = results["runs"]["resnet18_imagenet"]["history"]
+    assert history["phase"][0] == "fe" and history["phase"][-1] == "ft"
+    figures = out / "figures"
+    index = (out / "report" / "index.html").read_text()
+    for name in EXPECTED_FIGURES + [f"train_{run}.png" for run in pipeline["runs"]]:
+        data = (figures / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 2000, name
+    for name in ("comparison_resnet18.png", "confusion_grid.png", "imbalance_recall.png"):
+        assert base64.b64encode((figures / name).read_bytes()).decode() in index
+    for step in ("data", "comparison", "confusion", "imbalance", "train_resnet50_imagenet"):
+        page = out / "report" / f"{step}.html"
+        assert page.is_file() and "data:image/png;base64" in page.read_text(), step
+    assert "missing from this report" not in index
+
+
+@pytest.mark.slow
+def test_second_build_skips_every_step(smoke_report):
+    out, _, second = smoke_report
+    assert second.returncode == 0, second.stderr[-2000:]
+    steps = [line for line in second.stdout.splitlines() if line.startswith("[")]
+    assert steps and all("unchanged, skipped" in line for line in steps if "[data]" not in line)
+
+
+@pytest.mark.slow
+def test_missing_weights_are_listed_and_fail_the_build(smoke_report, tmp_path):
+    out, _, _ = smoke_report
+    env = {"TORCH_HOME": str(tmp_path / "empty"), "RETINO_OFFLINE": "1", "RETINO_CACHE": str(tmp_path / "cache")}
+    result = run_report("--profile", "smoke", "--out", tmp_path / "out", "--only", "train/*_imagenet", env=env)
+    assert result.returncode == 1
+    assert "missing run resnet18_imagenet" in result.stdout and "resnet18-f37072fd.pth" in result.stdout
+    index = (tmp_path / "out" / "report" / "index.html").read_text()
+    assert "missing from this report" in index
+    assert str(tmp_path / "empty" / "hub" / "checkpoints" / "resnet50-0676ba61.pth") in index
+
+
+@pytest.mark.slow
+def test_papermill_cli_runs_the_training_notebook(smoke_report, tmp_path):
+    out, _, _ = smoke_report
+    papermill = Path(sys.executable).with_name("papermill")
+    result = subprocess.run(
+        [str(papermill), str(NOTEBOOKS_DIR / "02_training.ipynb"), str(tmp_path / "run.ipynb"),
+         "-p", "data_dir", str(out / "data"), "-p", "run_dir", str(tmp_path / "run"), "-p", "figures_dir",
+         str(tmp_path / "fig"), "-p", "arch", "resnet50", "-p", "epochs", "1", "-p", "image_size", "32",
+         "-p", "device", "cpu", "--no-progress-bar"],
+        capture_output=True, text=True, env={**os.environ, "RETINO_PROGRESS": "0"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["arch"] == "resnet50"
+    assert (tmp_path / "fig" / "train_resnet18_scratch.png").is_file()
