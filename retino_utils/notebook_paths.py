@@ -16,12 +16,9 @@ def data_dir(value: str = "") -> Path:
     """``value``, or the demo's synthetic data (generated here on first use, as the report would)."""
     if value:
         return Path(value)
-    from .report import load_pipeline
-    from .synthetic import generate_dataset
+    from .report import load_pipeline, synthetic_data
 
-    spec = load_pipeline()["profiles"]["demo"]["synthetic"]
-    return generate_dataset(DEMO_DIR / "data", spec["train"], spec["test"], size=spec["size"], seed=spec["seed"],
-                            progress=False)
+    return synthetic_data(load_pipeline()["profiles"]["demo"]["synthetic"], DEMO_DIR / "data")
 
 
 def figures_dir(value: str = "") -> Path:

@@ -82,7 +82,9 @@ def _summary_table(results: dict) -> str:
                "weights": settings.get("weights") or "none", "loss": settings.get("loss"),
                "sampler": settings.get("sampler"), "status": run["status"]}
         if metrics:
-            row.update({"accuracy": f"{100 * metrics['accuracy']:.1f}%", "QWK": f"{metrics['qwk']:.3f}",
+            kept = {"accuracy": "best accuracy", "qwk": "best QWK", "last": "last"}[settings.get("best_metric") or "accuracy"]
+            row.update({"checkpoint": f"{kept} (epoch {metrics['best_epoch']})",
+                        "accuracy": f"{100 * metrics['accuracy']:.1f}%", "QWK": f"{metrics['qwk']:.3f}",
                         "macro-F1": f"{metrics['macro_f1']:.3f}"})
         rows.append(row)
     return pd.DataFrame(rows).fillna("").to_html(index=False, border=0, escape=True)
@@ -114,7 +116,9 @@ def render_report(ctx, steps: Sequence, results: dict) -> Path:
 &middot; generated {html.escape(results['generated'])}</p>
 {_missing_banner(results)}
 <h2>Runs</h2>
-<p>Test-split figures of each run's best checkpoint (by test accuracy, as in the reports).</p>
+<p>Test-split figures of the checkpoint each run keeps: the main runs keep the epoch with the best test
+accuracy, as the reports did; the imbalance study keeps the best QWK. QWK is Cohen's kappa with quadratic
+weights (0 = chance agreement, 1 = perfect); macro-F1 averages the five grades' F1 scores.</p>
 {_summary_table(results)}
 <h2>Figures</h2>
 {''.join(figures)}

@@ -235,15 +235,19 @@ def resolve_context(profile: str, data: str | None, out: str | None, device: str
     return ReportContext(profile, data_dir, out_dir, figures, device)
 
 
+def synthetic_data(spec: dict, folder: Path) -> Path:
+    """A profile's synthetic dataset in ``folder``, generated on first use (instant afterwards)."""
+    from .synthetic import generate_dataset
+
+    return generate_dataset(folder, spec["train"], spec["test"], size=spec["size"], seed=spec["seed"],
+                            lesion_scale=spec.get("lesion_scale", 1.0), progress=False)
+
+
 def prepare_data(ctx: ReportContext, pipeline: dict) -> None:
-    """Generate the profile's synthetic data on first use (instant when it is already there)."""
     spec = pipeline["profiles"][ctx.profile].get("synthetic")
     if spec and ctx.data_dir == ctx.out / "data":
-        from .synthetic import generate_dataset
-
         print(f"[data] synthetic fundus photos in {ctx.data_dir}", flush=True)
-        generate_dataset(ctx.data_dir, spec["train"], spec["test"], size=spec["size"], seed=spec["seed"],
-                         progress=False)
+        synthetic_data(spec, ctx.data_dir)
 
 
 def build_report(profile: str = "demo", data: str | None = None, out: str | None = None, only: str | None = None,

@@ -122,6 +122,12 @@ class _Scene:
     blood: np.ndarray  # splatted red lesions (microaneurysms, dot/blot haemorrhages), dust
     exudate: np.ndarray  # hard exudates and drusen-like specks (yellow)
     cotton: np.ndarray  # cotton-wool spots and reflexes (pale white)
+    lesion_scale: float = 1.0  # lesion size relative to the real one (>1 exaggerates, for low-resolution demos)
+
+    @property
+    def lesion_px(self) -> float:
+        """Pixels per field radius for lesion sizes (positions use ``frame.scale``)."""
+        return self.frame.scale * self.lesion_scale
 
 
 @lru_cache(maxsize=4)
@@ -350,7 +356,7 @@ def _all_quadrants(rng: np.random.Generator, per_quadrant: Sequence[int], anatom
 
 def _microaneurysms(rng: np.random.Generator, scene: _Scene, pts: np.ndarray, contrast: float) -> None:
     """Tiny dark-red dots, 1-3 px across at 512 px: single faint pixels at 128 px."""
-    scale = scene.frame.scale
+    scale = scene.lesion_px
     for x, y in scene.frame.px(pts):
         _splat(scene.blood, x, y, scale * rng.uniform(0.0028, 0.005), (0.5 + 0.5 * contrast) * rng.uniform(0.7, 1.0))
 
@@ -358,7 +364,7 @@ def _microaneurysms(rng: np.random.Generator, scene: _Scene, pts: np.ndarray, co
 def _haemorrhages(rng: np.random.Generator, scene: _Scene, pts: np.ndarray, contrast: float,
                   blot_share: float) -> None:
     """Dot haemorrhages (round) and blots (a few overlapping spots with ragged outline)."""
-    scale = scene.frame.scale
+    scale = scene.lesion_px
     for x, y in scene.frame.px(pts):
         if rng.random() < blot_share:
             spread = scale * rng.uniform(0.008, 0.02)
@@ -375,9 +381,9 @@ def _flame_haemorrhages(rng: np.random.Generator, scene: _Scene, pts: np.ndarray
     k = SUPERSAMPLE
     for p in pts:
         radial = (p - scene.anatomy.disc) / np.linalg.norm(p - scene.anatomy.disc)
-        half = radial * rng.uniform(0.012, 0.028)
+        half = radial * rng.uniform(0.012, 0.028) * scene.lesion_scale
         ends = scene.frame.px(np.stack([p - half, p + half]), k)
-        width = max(1, round(scene.frame.scale * k * rng.uniform(0.008, 0.015)))
+        width = max(1, round(scene.lesion_px * k * rng.uniform(0.008, 0.015)))
         scene.draw.line(ends.ravel().tolist(), fill=int(255 * contrast * rng.uniform(0.55, 0.8)), width=width)
 
 
@@ -389,13 +395,13 @@ def _exudate_clusters(rng: np.random.Generator, scene: _Scene, clusters: int, do
         angle = start + extent * rng.random(dots)
         radius = ring * (1 + rng.normal(0, 0.18, dots)) if rng.random() < 0.6 else ring * np.sqrt(rng.random(dots))
         for x, y in scene.frame.px(centre + radius[:, None] * _unit(angle)):
-            _splat(scene.exudate, x, y, scene.frame.scale * rng.uniform(0.0025, 0.0065),
+            _splat(scene.exudate, x, y, scene.lesion_px * rng.uniform(0.0025, 0.0065),
                    contrast * rng.uniform(0.7, 1.3))
 
 
 def _cotton_wool(rng: np.random.Generator, scene: _Scene, n: int, contrast: float) -> None:
     """Fluffy pale-white patches near the arcades."""
-    scale = scene.frame.scale
+    scale = scene.lesion_px
     for x, y in scene.frame.px(_points_near(rng, n, scene.anatomy.macula, 0.6, scene.anatomy)):
         spread = scale * rng.uniform(0.01, 0.02)
         for _ in range(rng.integers(4, 9)):
@@ -411,7 +417,7 @@ def _new_vessels(rng: np.random.Generator, scene: _Scene, centre: np.ndarray, ra
         start = centre + radius * np.sqrt(rng.random()) * _unit(rng.uniform(0, 2 * np.pi))
         headings = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0.0, 0.7, n))
         pts = start + np.cumsum(radius * 0.18 * _unit(headings), axis=0)
-        width = max(1, round(scene.frame.scale * k * rng.uniform(0.003, 0.006)))
+        width = max(1, round(scene.lesion_px * k * rng.uniform(0.003, 0.006)))
         scene.draw.line(scene.frame.px(pts, k).ravel().tolist(), fill=int(255 * contrast * rng.uniform(0.55, 0.85)),
                         width=width)
 
@@ -420,7 +426,7 @@ def _preretinal(rng: np.random.Generator, scene: _Scene, contrast: float) -> Non
     """Boat-shaped haemorrhage: flat top (the blood level, horizontal in the image), round bottom."""
     k = SUPERSAMPLE
     x, y = scene.frame.px(_points_near(rng, 1, scene.anatomy.macula, 0.55, scene.anatomy))[0] * k
-    a = scene.frame.scale * k * rng.uniform(0.05, 0.12)
+    a = scene.lesion_px * k * rng.uniform(0.05, 0.12)
     b = a * rng.uniform(0.6, 1.0)
     theta = np.linspace(0, np.pi, 24)
     ragged = 1 + rng.normal(0, 0.04, 24)
@@ -494,10 +500,10 @@ def _add_normal_variation(rng: np.random.Generator, scene: _Scene) -> None:
         _splat(scene.cotton, x, y, frame.scale * rng.uniform(0.004, 0.008), rng.uniform(0.2, 0.5))
     if rng.random() < 0.3:  # dust on the lens: soft dark spots
         for x, y in frame.px(_points_near(rng, rng.integers(1, 4), np.zeros(2), 0.9, anatomy)):
-            _splat(scene.blood, x, y, frame.scale * rng.uniform(0.008, 0.02), rng.uniform(0.1, 0.25))
+            _splat(scene.blood, x, y, scene.lesion_px * rng.uniform(0.008, 0.02), rng.uniform(0.1, 0.25))
     if rng.random() < 0.2:  # small pale specks (drusen-like)
         for x, y in frame.px(_points_near(rng, rng.integers(1, 5), anatomy.macula, 0.5, anatomy)):
-            _splat(scene.exudate, x, y, frame.scale * rng.uniform(0.003, 0.006), rng.uniform(0.2, 0.5))
+            _splat(scene.exudate, x, y, scene.lesion_px * rng.uniform(0.003, 0.006), rng.uniform(0.2, 0.5))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -631,12 +637,15 @@ def _expose(rng: np.random.Generator, img: np.ndarray, scene: _Scene, camera: _C
     return np.asarray(pixels)
 
 
-def render_fundus(grade: int, size: int, rng: np.random.Generator, eye: str | None = None) -> np.ndarray:
+def render_fundus(grade: int, size: int, rng: np.random.Generator, eye: str | None = None,
+                  lesion_scale: float = 1.0) -> np.ndarray:
     """One synthetic fundus photo of ``grade`` as an (H, W, 3) uint8 array.
 
     The rng is split into four streams (camera, anatomy, normal variation, lesions), so the
     same rng state gives the same eye and photo for every grade: only the lesions differ.
     ``eye`` is ``"left"`` (disc on the left) or ``"right"``; None picks one from the rng.
+    ``lesion_scale`` draws lesions (and lesion-like specks) that many times their real size:
+    real lesions are sub-pixel at the 64-128 px a CPU can train at, so a quick demo exaggerates.
     """
     if grade not in GRADES:
         raise RetinoError(f"grade {grade!r} is not one of {GRADES}")
@@ -652,7 +661,7 @@ def render_fundus(grade: int, size: int, rng: np.random.Generator, eye: str | No
     vessels, veins = _vessel_tree(anatomy_rng, anatomy)
     canvas = Image.new("L", (size * SUPERSAMPLE,) * 2)
     scene = _Scene(frame, anatomy, veins, canvas, ImageDraw.Draw(canvas),
-                   *(np.zeros((size, size), np.float32) for _ in range(3)))
+                   *(np.zeros((size, size), np.float32) for _ in range(3)), lesion_scale=lesion_scale)
     beading = lesion_rng.uniform(0.3, 0.7) if grade >= 3 and lesion_rng.random() < 0.6 else 0.0
     _draw_vessels(lesion_rng, scene, vessels, beading)
     _add_normal_variation(normal_rng, scene)
@@ -733,28 +742,31 @@ def _is_complete_image(path: Path, size: int) -> bool:
         return False
 
 
-def _make_image(task: tuple[str, int, int, int, int]) -> bool:
+def _make_image(task: tuple[str, int, int, int, int, float]) -> bool:
     """Render and write one image unless a good one is already there; True if it wrote one."""
-    path, grade, size, seed, index = task
+    path, grade, size, seed, index, lesion_scale = task
     path = Path(path)
     if _is_complete_image(path, size):
         return False
     eye = "left" if path.stem.endswith("_left") else "right"
     # The middle 0 keeps image streams apart from the label shuffles, seeded [seed, 1, split].
-    pixels = render_fundus(grade, size, np.random.default_rng([seed, 0, index]), eye=eye)
+    pixels = render_fundus(grade, size, np.random.default_rng([seed, 0, index]), eye=eye, lesion_scale=lesion_scale)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=JPEG_QUALITY)
     write_bytes(path, buffer.getvalue())
     return True
 
 
-def _dataset_params(n_train: int, n_test: int, size: int, seed: int, shares: Sequence[float]) -> dict:
+def _dataset_params(n_train: int, n_test: int, size: int, seed: int, shares: Sequence[float],
+                    lesion_scale: float) -> dict:
     checks = (("--train", n_train, 1), ("--test", n_test, 1), ("--size", size, 32), ("--seed", seed, 0))
     for label, value, low in checks:
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise RetinoError(f"{label} {value!r} must be a whole number >= {low}")
     if size > 4096:
         raise RetinoError(f"--size {size} is too large: use 4096 px or less")
+    if not (isinstance(lesion_scale, (int, float)) and 0.25 <= lesion_scale <= 8):
+        raise RetinoError(f"--lesion-scale {lesion_scale!r} must be a number from 0.25 to 8 (1 = real size)")
     return {
         "generator": "retino_utils.synthetic",
         "version": GENERATOR_VERSION,
@@ -764,6 +776,7 @@ def _dataset_params(n_train: int, n_test: int, size: int, seed: int, shares: Seq
         "seed": int(seed),
         "shares": [round(s, 9) for s in normalise_shares(shares)],
         "jpeg_quality": JPEG_QUALITY,
+        "lesion_scale": float(lesion_scale),
     }
 
 
@@ -799,7 +812,7 @@ def _is_complete(out: Path, plan: dict[str, list[tuple[str, int]]]) -> bool:
 
 def generate_dataset(out: str | os.PathLike, n_train: int, n_test: int, size: int = 256, seed: int = 0,
                      shares: Sequence[float] = DEFAULT_SHARES, workers: int | None = None,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, lesion_scale: float = 1.0) -> Path:
     """Write a synthetic dataset in the lab layout to ``out`` and return its path.
 
     Byte-identical for the same arguments. Resumable: a rerun keeps the images already
@@ -808,7 +821,7 @@ def generate_dataset(out: str | os.PathLike, n_train: int, n_test: int, size: in
     shows a bar (``RETINO_PROGRESS=0`` also hides it) and prints a one-line summary.
     """
     out = Path(out)
-    params = _dataset_params(n_train, n_test, size, seed, shares)
+    params = _dataset_params(n_train, n_test, size, seed, shares, lesion_scale)
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise RetinoError(f"--workers {workers!r} must be a whole number >= 1")
     _check_folder(out, params)
@@ -822,7 +835,7 @@ def generate_dataset(out: str | os.PathLike, n_train: int, n_test: int, size: in
     write_json(out / PARAMS_FILE, params)
     for stray in images.glob(".*.tmp"):  # left by an interrupted write
         stray.unlink()
-    tasks = [(str(images / f"{name}.jpeg"), grade, size, seed, index)
+    tasks = [(str(images / f"{name}.jpeg"), grade, size, seed, index, float(lesion_scale))
              for index, (name, grade) in enumerate(row for split in SPLITS for row in plan[split])]
     started = time.perf_counter()
     written = _run_tasks(tasks, workers or os.cpu_count() or 1, progress)
@@ -881,9 +894,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="same seed and arguments give identical files")
     parser.add_argument("--shares", help="grade 0-4 shares, any scale (default: EyePACS, 73.5,7.0,15.0,2.5,2.1)")
     parser.add_argument("--workers", type=int, help="processes (default: all CPU cores)")
+    parser.add_argument("--lesion-scale", type=float, default=1.0,
+                        help="draw lesions this many times their real size (default 1; >1 for low-resolution demos)")
     args = parser.parse_args(argv)
     shares = DEFAULT_SHARES if args.shares is None else _parse_shares(args.shares)
-    generate_dataset(args.out, args.train, args.test, args.size, args.seed, shares, args.workers)
+    generate_dataset(args.out, args.train, args.test, args.size, args.seed, shares, args.workers,
+                     lesion_scale=args.lesion_scale)
     return 0
 
 

@@ -198,7 +198,12 @@ class _Run:
                                 bf16=self.bf16, scheduler=scheduler, show_progress=config.progress and ctx.is_main,
                                 desc=f"epoch {epoch}/{config.epochs} {phase}")
         train_outputs, train_labels = self._gather(train)
-        thresholds = tune_thresholds(train_outputs.numpy(), train_labels.numpy()) if config.is_regression else None
+        thresholds = None
+        if config.is_regression:
+            # Cut points from eval-mode scores of the training split: the scores gathered while
+            # training come from batch statistics and a moving model, and mislead early on.
+            clean = self._evaluate(self.data.train_eval_loader)
+            thresholds = tune_thresholds(clean.outputs.numpy(), clean.labels.numpy())
         train_pred = predict_grades(train_outputs, thresholds)
         loss_sum, n = ctx.sum(train.loss_sum, train.n)
         test = self._evaluate(self.data.eval_loader)
@@ -255,10 +260,7 @@ class _Run:
         config = self.config
         best_state = load_checkpoint(self.out / "best.pt")
         self.model.load_state_dict(best_state["model"])
-        thresholds = None
-        if config.is_regression:  # cut points tuned on the training split, never on the evaluated one
-            train = self._evaluate(self.data.train_eval_loader)
-            thresholds = [float(t) for t in tune_thresholds(train.outputs.numpy(), train.labels.numpy())]
+        thresholds = best_state["thresholds"]  # tuned on the training split, never on the evaluated one
         result = self._evaluate(self.data.eval_loader, tta=config.tta)
         metrics = self._metrics(result, thresholds)
         if not self.ctx.is_main:

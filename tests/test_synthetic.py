@@ -177,6 +177,19 @@ def test_lesions_are_the_only_difference_and_grow_with_grade():
     assert sum(paler) > 0  # exudates or cotton-wool spots show in some severe eyes
 
 
+def test_lesion_scale_enlarges_lesions_only():
+    """The demo's exaggeration: the same eye, the same lesions, drawn larger; a healthy eye barely changes."""
+    for seed in SEEDS[:3]:
+        healthy = render_fundus(0, 128, np.random.default_rng(seed))
+        assert np.abs(render_fundus(0, 128, np.random.default_rng(seed), lesion_scale=2.5).astype(int)
+                      - healthy).mean() < 0.5  # only lesion-like specks of normal eyes grow
+        areas = []
+        for scale in (1.0, 2.5):
+            lesion = render_fundus(3, 128, np.random.default_rng(seed), lesion_scale=scale)
+            areas.append(np.mean(np.abs(lesion.astype(int) - healthy).max(axis=2) > 10))
+        assert areas[1] > 3 * areas[0]
+
+
 def test_left_eye_has_the_disc_on_the_left():
     """The optic disc is the brightest yellow spot: on the left for a left eye, mirrored for a right one."""
     for seed in SEEDS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Mapping
 
@@ -60,8 +61,8 @@ def image_size_table(index: SplitIndex, limit: int = 10) -> pd.DataFrame:
     for path in index.paths:
         with Image.open(path) as image:
             sizes[image.size] += 1
-    rows = [{"width": w, "height": h, "photos": n} for (w, h), n in sizes.most_common(limit)]
-    return pd.DataFrame(rows)
+    rows = {f"{w} x {h}": n for (w, h), n in sizes.most_common(limit)}
+    return pd.DataFrame({"photos": rows}).rename_axis("width x height")
 
 
 def stats_table(stats: ChannelStats) -> pd.DataFrame:
@@ -76,3 +77,20 @@ def stats_table(stats: ChannelStats) -> pd.DataFrame:
         "ImageNet std": IMAGENET_STD,
     }
     return pd.DataFrame.from_dict(rows, orient="index", columns=["red", "green", "blue"]).round(4)
+
+
+def provenance_note(root) -> str:
+    """Where the photos come from; for synthetic data, how it was made and what it exaggerates."""
+    from pathlib import Path
+
+    record = Path(root) / "synthetic.json"
+    if not record.is_file():
+        return f"Photos from `{root}`."
+    params = json.loads(record.read_text())
+    note = (f"These are **synthetic** fundus photos drawn by `retino_utils.synthetic` ({params['n_train']} training "
+            f"and {params['n_test']} test images, {params['size']} px, seed {params['seed']}), not real patients.")
+    scale = params.get("lesion_scale", 1.0)
+    if scale != 1.0:
+        note += (f" Lesions are drawn **{scale:g} times their real size**: at the resolution a CPU demo trains at, "
+                 f"real microaneurysms and haemorrhages would be smaller than a pixel.")
+    return note

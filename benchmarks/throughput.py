@@ -1,0 +1,193 @@
+"""Training speed: the reference reports' input pipeline against the engine's, and the ceiling.
+
+For each architecture, at one resolution, on the same images and device, interleaving repeats:
+
+1. reference: a Dataset opening each JPEG with PIL per item, Resize + random flips + ToTensor +
+   Normalize, a DataLoader, fp32, NCHW (what the reports wrote);
+2. ours: the engine's default path: the decoded uint8 cache, batch-level flips and normalisation
+   on the device, bf16 autocast + channels_last where the hardware has native bf16 (fp32 +
+   channels_last elsewhere);
+3. ceiling: the training step alone on a batch already on the device, same precision as 2.
+
+Prints images/s (medians), the speed-up 2/1 and the efficiency 2/3; ``--json`` writes them.
+
+    python benchmarks/throughput.py                  # 128 px on a CPU, 512 px on a GPU
+    python benchmarks/throughput.py --size 224 --archs resnet18 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from retino_utils import data
+from retino_utils.atomic import write_json
+from retino_utils.device import autocast, resolve_device, use_bf16, use_channels_last
+from retino_utils.paths import SHARED_DATA_DIR
+from retino_utils.synthetic import generate_dataset
+
+REAL_DATA = SHARED_DATA_DIR / "eyepacs-dev"
+
+
+class ReportsDataset(Dataset):
+    """The reports' per-item pipeline (plus a Resize, so every pipeline trains at the same size)."""
+
+    def __init__(self, index: "data.SplitIndex", size: int):
+        self.paths, self.labels = index.paths, index.labels
+        self.transform = T.Compose([
+            T.Resize((size, size)), T.RandomHorizontalFlip(), T.RandomVerticalFlip(), T.ToTensor(),
+            T.Normalize(data.REPORT_MEAN, data.REPORT_STD),
+        ])
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return self.transform(Image.open(self.paths[i]).convert("RGB")), int(self.labels[i])
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+class Pipeline:
+    """A model, its optimizer, and the batches it trains on; ``rate`` times ``steps`` training steps."""
+
+    def __init__(self, name, arch, batches, device, bf16, channels_last):
+        torch.manual_seed(0)
+        self.name, self.device, self.bf16 = name, device, bf16
+        self.model = getattr(torchvision.models, arch)(num_classes=5).to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        self.batches = batches
+
+    def step(self) -> int:
+        x, y = next(self.batches)[:2]
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with autocast(self.device, self.bf16):
+            loss = F.cross_entropy(self.model(x).float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return len(y)
+
+    def rate(self, steps: int) -> float:
+        self.step()  # the first batch after a switch pays for cache misses and allocator work
+        _sync(self.device)
+        start, images = time.perf_counter(), 0
+        for _ in range(steps):
+            images += self.step()
+        _sync(self.device)
+        return images / (time.perf_counter() - start)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def images_for_benchmark(smoke: bool) -> tuple[Path, str]:
+    """The real eyepacs-dev photos when they are beside the project, synthetic ones otherwise."""
+    if REAL_DATA.is_dir() and not smoke:
+        return REAL_DATA, "eyepacs-dev (real JPEGs, 256 px)"
+    folder = Path(tempfile.gettempdir()) / ("retino-bench-smoke" if smoke else "retino-bench-synthetic")
+    n = 64 if smoke else 600
+    generate_dataset(folder, n, 8, size=256, seed=0, progress=False)
+    return folder, f"synthetic ({n} JPEGs, 256 px)"
+
+
+def measure(args) -> dict:
+    device = resolve_device(args.device)
+    size = args.size or (512 if device.type == "cuda" else 128)
+    bf16, channels_last = use_bf16(device, "auto"), use_channels_last(device)
+    root, source = images_for_benchmark(args.smoke)
+    index = data.read_split(root, "train")
+    with tempfile.TemporaryDirectory() as cache_dir:
+        start = time.perf_counter()
+        cache = data.ImageCache.build(index, size, cache_dir=cache_dir, progress=False)
+        cache_rate = len(index) / (time.perf_counter() - start)
+        print(f"{source}: {len(index)} images; cache built at {cache_rate:.0f} images/s; {device}, {size} px, "
+              f"batch {args.batch_size}; ours in {'bf16 autocast' if bf16 else 'fp32'}"
+              f"{' + channels_last' if channels_last else ''}", flush=True)
+        results = {"device": str(device), "device_name": _device_name(device), "images": source,
+                   "size": size, "batch_size": args.batch_size, "bf16": bf16, "channels_last": channels_last,
+                   "cache_build_images_per_s": cache_rate, "archs": {}}
+        mean, std = data.normalization("report")
+        for arch in args.archs:
+            reference_loader = DataLoader(ReportsDataset(index, size), batch_size=args.batch_size, shuffle=True,
+                                          num_workers=args.reference_workers, drop_last=True)
+            ours_loader = data.BatchLoader(cache, args.batch_size, shuffle=True, augment=True, mean=mean, std=std,
+                                           device=device, channels_last=channels_last, drop_last=True)
+            fixed = next(iter(ours_loader))
+            pipelines = [
+                Pipeline("reference", arch, endless(reference_loader), device, False, False),
+                Pipeline("ours", arch, endless(ours_loader), device, bf16, channels_last),
+                Pipeline("ceiling", arch, iter(lambda: fixed, None), device, bf16, channels_last),
+            ]
+            rates = {p.name: [] for p in pipelines}
+            for repeat in range(args.repeats):
+                for pipeline in pipelines:  # interleaved, so drifts of a noisy machine hit all three alike
+                    rates[pipeline.name].append(pipeline.rate(args.steps))
+            medians = {name: statistics.median(values) for name, values in rates.items()}
+            results["archs"][arch] = {**{f"{k}_images_per_s": v for k, v in medians.items()},
+                                      "speedup": medians["ours"] / medians["reference"],
+                                      "efficiency": medians["ours"] / medians["ceiling"], "repeats": rates}
+            print(f"  {arch}: " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items()) + " images/s", flush=True)
+    return results
+
+
+def _device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return f"{caps.get('cpu_name', 'cpu')} ({os.cpu_count()} logical cores, {torch.get_num_threads()} threads)"
+
+
+def print_table(results: dict) -> None:
+    print(f"\ntraining throughput, {results['device_name']}, {results['size']} px, batch {results['batch_size']}")
+    print(f"{'model':<10}{'reference':>12}{'ours':>10}{'ceiling':>10}{'ours/ref':>10}{'ours/ceil':>11}")
+    for arch, r in results["archs"].items():
+        print(f"{arch:<10}{r['reference_images_per_s']:>12.1f}{r['ours_images_per_s']:>10.1f}"
+              f"{r['ceiling_images_per_s']:>10.1f}{r['speedup']:>9.2f}x{r['efficiency']:>11.2f}")
+    print(f"(images/s, medians of interleaved repeats; cache build {results['cache_build_images_per_s']:.0f} images/s)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, help="training resolution (default 128 on a CPU, 512 on a GPU)")
+    parser.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"], choices=["resnet18", "resnet50"])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6, help="timed training steps per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per pipeline")
+    parser.add_argument("--reference-workers", type=int, default=0,
+                        help="DataLoader workers of the reference pipeline (the reports used the default, 0)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--smoke", action="store_true", help="a few steps at 32 px on synthetic images (for CI)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.size, args.archs, args.steps, args.repeats, args.batch_size = 32, ["resnet18"], 2, 1, 8
+    results = measure(args)
+    print_table(results)
+    if args.json:
+        write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

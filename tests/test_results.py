@@ -1,0 +1,79 @@
+"""Tables and sentences the notebooks show, checked against sklearn and numpy on made-up runs."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import recall_score
+
+from retino_utils import data, results
+from retino_utils.metrics import compute_metrics
+from retino_utils.synthetic import generate_dataset
+
+
+def make_run(folder, y_true, y_pred, train_counts, **config):
+    folder.mkdir(parents=True)
+    metrics = compute_metrics(np.asarray(y_true), np.asarray(y_pred))
+    metrics.update(best_epoch=2, train_counts=list(train_counts), eval_counts=np.bincount(y_true, minlength=5).tolist(),
+                   config={"arch": "resnet18", "weights": None, "loss": "ce", "sampler": "none", **config})
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    pd.DataFrame({"epoch": [1, 2], "phase": ["ft", "ft"], "train_acc": [0.5, 0.6], "test_acc": [0.4, 0.7]}).to_csv(
+        folder / "history.csv", index=False)
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path):
+    rng = np.random.default_rng(0)
+    y_true = rng.choice(5, 200, p=[0.7, 0.1, 0.1, 0.05, 0.05])
+    noisy = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, 5, 200))
+    folders = {
+        "collapsed": make_run(tmp_path / "collapsed", y_true, np.zeros(200, int), [70, 10, 10, 5, 5]),
+        "learned": make_run(tmp_path / "learned", y_true, noisy, [70, 10, 10, 5, 5], loss="wce"),
+    }
+    found, missing = results.load_runs({**folders, "absent": tmp_path / "absent"})
+    assert missing == ["absent"]
+    return found, y_true, noisy
+
+
+def test_tables_agree_with_sklearn(runs):
+    found, y_true, noisy = runs
+    recall = results.recall_table(found)
+    expected = recall_score(y_true, noisy, labels=range(5), average=None, zero_division=0)
+    assert np.allclose(recall.loc["learned"].to_numpy(dtype=float), expected)
+    summary = results.summary_table(found)
+    assert summary.loc["learned", "accuracy"] == pytest.approx(np.mean(y_true == noisy))
+    assert summary.loc["collapsed", "best train acc"] == 0.6
+    shares = results.prediction_shares(found)
+    assert shares.loc["collapsed"].tolist() == ["100.0%", "0.0%", "0.0%", "0.0%", "0.0%"]
+    true_shares = np.bincount(y_true, minlength=5) / len(y_true)
+    assert shares.loc["true grades"].tolist() == [f"{100 * s:.1f}%" for s in true_shares]
+
+
+def test_majority_baseline_and_sentences(runs):
+    found, y_true, _ = runs
+    assert results.majority_baseline(found["collapsed"]) == pytest.approx(np.mean(y_true == 0))
+    note = results.collapse_note(found)
+    assert "it has collapsed onto grade 0" in note and "does not collapse" in note
+    assert "+0.0 points" in note  # the collapsed run scores exactly the majority baseline
+    imbalance = results.imbalance_note(found, "collapsed")
+    assert "`learned`" in imbalance and "highest QWK to `learned`" in imbalance
+    assert "baseline run `nonesuch` is missing" in results.imbalance_note(found, "nonesuch")
+    panels = results.confusion_panels(found, ["collapsed", "absent"])
+    assert list(panels.values())[1] is None
+
+
+def test_data_summaries(tmp_path):
+    root = generate_dataset(tmp_path / "syn", 40, 10, size=64, seed=0, progress=False, lesion_scale=2.0)
+    splits = {split: data.read_split(root, split) for split in ("train", "test")}
+    table = data.grade_table(splits)
+    assert table[("train", "photos")].iloc[:5].tolist() == np.bincount(splits["train"].labels, minlength=5).tolist()
+    assert table.loc["total", ("test", "photos")] == 10
+    assert "2 times their real size" in data.provenance_note(root)
+    assert "synthetic" not in data.provenance_note(tmp_path)
+    sizes = data.image_size_table(splits["train"])
+    assert sizes.loc["64 x 64", "photos"] == 40
+    samples = data.samples_per_grade(splits["train"], per_grade=3, image_size=32)
+    for grade, images in samples.items():
+        assert 1 <= len(images) <= 3 and all(image.shape == (32, 32, 3) for image in images)
