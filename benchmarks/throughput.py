@@ -18,8 +18,9 @@ Prints images/s (medians), the speed-up 2/1 and the efficiency 2/3; ``--json`` w
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -36,7 +37,8 @@ from torchvision import transforms as T
 from retino_utils import data
 from retino_utils.atomic import write_json
 from retino_utils.device import autocast, resolve_device, use_bf16, use_channels_last
-from retino_utils.paths import SHARED_DATA_DIR
+from retino_utils.errors import RetinoError
+from retino_utils.paths import SHARED_DATA_DIR, cache_root
 from retino_utils.synthetic import generate_dataset
 
 REAL_DATA = SHARED_DATA_DIR / "eyepacs-dev"
@@ -105,9 +107,13 @@ def images_for_benchmark(smoke: bool) -> tuple[Path, str]:
     """The real eyepacs-dev photos when they are beside the project, synthetic ones otherwise."""
     if REAL_DATA.is_dir() and not smoke:
         return REAL_DATA, "eyepacs-dev (real JPEGs, 256 px)"
-    folder = Path(tempfile.gettempdir()) / ("retino-bench-smoke" if smoke else "retino-bench-synthetic")
     n = 64 if smoke else 600
-    generate_dataset(folder, n, 8, size=256, seed=0, progress=False)
+    folder = cache_root() / f"benchmark-synthetic-{n}"
+    try:
+        generate_dataset(folder, n, 8, size=256, seed=0, progress=False)
+    except RetinoError:  # made by another version of the generator: it is only our cache, so remake it
+        shutil.rmtree(folder)
+        generate_dataset(folder, n, 8, size=256, seed=0, progress=False)
     return folder, f"synthetic ({n} JPEGs, 256 px)"
 
 
@@ -137,10 +143,10 @@ def measure(args) -> dict:
             pipelines = [
                 Pipeline("reference", arch, endless(reference_loader), device, False, False),
                 Pipeline("ours", arch, endless(ours_loader), device, bf16, channels_last),
-                Pipeline("ceiling", arch, iter(lambda: fixed, None), device, bf16, channels_last),
+                Pipeline("ceiling", arch, itertools.repeat(fixed), device, bf16, channels_last),
             ]
             rates = {p.name: [] for p in pipelines}
-            for repeat in range(args.repeats):
+            for _ in range(args.repeats):
                 for pipeline in pipelines:  # interleaved, so drifts of a noisy machine hit all three alike
                     rates[pipeline.name].append(pipeline.rate(args.steps))
             medians = {name: statistics.median(values) for name, values in rates.items()}

@@ -25,7 +25,7 @@ from typing import Sequence
 import yaml
 
 from . import GRADES
-from .atomic import write_json, write_text
+from .atomic import write_json
 from .config import TrainConfig, load_config
 from .errors import RetinoError, run_cli
 from .paths import BUILD_DIR, FIGURES_DIR, NOTEBOOKS_DIR, PACKAGE_DIR

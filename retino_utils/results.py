@@ -165,7 +165,7 @@ def collapse_note(runs: dict[str, RunResult]) -> str:
     if not runs:
         return "No run trained from scratch is available."
     lines = []
-    for name, run in runs.items():
+    for run in runs.values():
         share, baseline, m = _grade0_share(run), majority_baseline(run), run.metrics
         verdict = ("it has collapsed onto grade 0" if share >= 0.95 else
                    "it leans heavily on grade 0" if share >= 0.8 else "it does not collapse onto grade 0")
@@ -197,7 +197,7 @@ def pretraining_note(runs: dict[str, RunResult]) -> str:
 def confusion_note(runs: dict[str, RunResult]) -> str:
     """Where each main run's mistakes go: grade-0 recall, recall on grades 1-4, severe read as moderate."""
     lines = []
-    for name, run in runs.items():
+    for run in runs.values():
         recall, confusion = run.metrics["recall"], run.confusion
         lines.append(f"- **{run.label}**: recall {recall[0]:.0%} on grade 0 but {np.mean(recall[1:]):.0%} on average "
                      f"over grades 1-4; {confusion[1, 0]:.0%} of mild cases are called no DR and {confusion[3, 2]:.0%} "

@@ -75,5 +75,5 @@ def test_data_summaries(tmp_path):
     sizes = data.image_size_table(splits["train"])
     assert sizes.loc["64 x 64", "photos"] == 40
     samples = data.samples_per_grade(splits["train"], per_grade=3, image_size=32)
-    for grade, images in samples.items():
+    for images in samples.values():
         assert 1 <= len(images) <= 3 and all(image.shape == (32, 32, 3) for image in images)
