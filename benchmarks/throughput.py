@@ -69,13 +69,15 @@ def endless(loader):
 class Pipeline:
     """A model, its optimizer, and the batches it trains on; ``rate`` times ``steps`` training steps."""
 
-    def __init__(self, name, arch, batches, device, bf16, channels_last):
+    def __init__(self, name, arch, batches, device, bf16, channels_last, compiled=False):
         torch.manual_seed(0)
         self.name, self.device, self.bf16 = name, device, bf16
         self.model = getattr(torchvision.models, arch)(num_classes=5).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        if compiled:
+            self.model = torch.compile(self.model)
         self.batches = batches
 
     def step(self) -> int:
@@ -129,9 +131,10 @@ def measure(args) -> dict:
         cache_rate = len(index) / (time.perf_counter() - start)
         print(f"{source}: {len(index)} images; cache built at {cache_rate:.0f} images/s; {device}, {size} px, "
               f"batch {args.batch_size}; ours in {'bf16 autocast' if bf16 else 'fp32'}"
-              f"{' + channels_last' if channels_last else ''}", flush=True)
+              f"{' + channels_last' if channels_last else ''}{' + torch.compile' if args.compile else ''}", flush=True)
         results = {"device": str(device), "device_name": _device_name(device), "images": source,
                    "size": size, "batch_size": args.batch_size, "bf16": bf16, "channels_last": channels_last,
+                   "compile": args.compile,
                    "cache_build_images_per_s": cache_rate, "archs": {}}
         mean, std = data.normalization("report")
         for arch in args.archs:
@@ -142,9 +145,11 @@ def measure(args) -> dict:
             fixed = next(iter(ours_loader))
             pipelines = [
                 Pipeline("reference", arch, endless(reference_loader), device, False, False),
-                Pipeline("ours", arch, endless(ours_loader), device, bf16, channels_last),
-                Pipeline("ceiling", arch, itertools.repeat(fixed), device, bf16, channels_last),
+                Pipeline("ours", arch, endless(ours_loader), device, bf16, channels_last, args.compile),
+                Pipeline("ceiling", arch, itertools.repeat(fixed), device, bf16, channels_last, args.compile),
             ]
+            for pipeline in pipelines:  # first steps: allocations, kernel selection, compilation
+                pipeline.rate(1)
             rates = {p.name: [] for p in pipelines}
             for _ in range(args.repeats):
                 for pipeline in pipelines:  # interleaved, so drifts of a noisy machine hit all three alike
@@ -183,6 +188,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-workers", type=int, default=0,
                         help="DataLoader workers of the reference pipeline (the reports used the default, 0)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile ours and the ceiling")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--smoke", action="store_true", help="a few steps at 32 px on synthetic images (for CI)")
     args = parser.parse_args(argv)
