@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -37,9 +36,8 @@ from torchvision import transforms as T
 from retino_utils import data
 from retino_utils.atomic import write_json
 from retino_utils.device import autocast, resolve_device, use_bf16, use_channels_last
-from retino_utils.errors import RetinoError
 from retino_utils.paths import SHARED_DATA_DIR, cache_root
-from retino_utils.synthetic import generate_dataset
+from retino_utils.synthetic import cached_dataset
 
 REAL_DATA = SHARED_DATA_DIR / "eyepacs-dev"
 
@@ -110,19 +108,14 @@ def images_for_benchmark(smoke: bool) -> tuple[Path, str]:
     if REAL_DATA.is_dir() and not smoke:
         return REAL_DATA, "eyepacs-dev (real JPEGs, 256 px)"
     n = 64 if smoke else 600
-    folder = cache_root() / f"benchmark-synthetic-{n}"
-    try:
-        generate_dataset(folder, n, 8, size=256, seed=0, progress=False)
-    except RetinoError:  # made by another version of the generator: it is only our cache, so remake it
-        shutil.rmtree(folder)
-        generate_dataset(folder, n, 8, size=256, seed=0, progress=False)
+    folder = cached_dataset(cache_root() / f"benchmark-synthetic-{n}", n, 8, size=256)
     return folder, f"synthetic ({n} JPEGs, 256 px)"
 
 
 def measure(args) -> dict:
     device = resolve_device(args.device)
     size = args.size or (512 if device.type == "cuda" else 128)
-    bf16, channels_last = use_bf16(device, "auto"), use_channels_last(device)
+    bf16, channels_last = use_bf16(device, args.precision), use_channels_last(device)
     root, source = images_for_benchmark(args.smoke)
     index = data.read_split(root, "train")
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -188,6 +181,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-workers", type=int, default=0,
                         help="DataLoader workers of the reference pipeline (the reports used the default, 0)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="of ours and the ceiling: auto = bf16 autocast where the hardware has native bf16")
     parser.add_argument("--compile", action="store_true", help="also torch.compile ours and the ceiling")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--smoke", action="store_true", help="a few steps at 32 px on synthetic images (for CI)")

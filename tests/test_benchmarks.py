@@ -4,8 +4,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from retino_utils.paths import REPO_ROOT
 
@@ -28,3 +32,25 @@ def test_throughput_smoke(tmp_path):
     assert arch["speedup"] == pytest.approx(arch["ours_images_per_s"] / arch["reference_images_per_s"])
     assert arch["efficiency"] == pytest.approx(arch["ours_images_per_s"] / arch["ceiling_images_per_s"])
     assert figures["cache_build_images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_real_data_smoke(tmp_path):
+    out = tmp_path / "real.json"
+    result = run_benchmark("real_data.py", "--smoke", "--out", tmp_path / "runs", "--json", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "majority grade" in result.stdout and "best-cpu" in result.stdout
+    figures = json.loads(out.read_text())
+    assert set(figures["runs"]) == {"reports", "best-cpu"}
+    for run in figures["runs"].values():
+        assert 1 <= run["epochs"] <= 2  # what the probe found the budget affords, capped by --max-epochs
+        predictions = pd.read_csv(Path(run["out"]) / "predictions.csv")
+        assert run["accuracy"] == pytest.approx(accuracy_score(predictions.true_grade, predictions.pred_grade))
+        assert run["qwk"] == pytest.approx(cohen_kappa_score(predictions.true_grade, predictions.pred_grade,
+                                                             labels=range(5), weights="quadratic",
+                                                             replace_undefined_by=0.0))
+    truth = predictions.true_grade.to_numpy()
+    train_labels = pd.read_csv(Path(figures["data"]) / "train_label.csv", header=None)[0].to_numpy()
+    majority = np.bincount(train_labels).argmax()
+    assert figures["baseline"]["accuracy"] == pytest.approx(np.mean(truth == majority))
+    assert figures["baseline"]["recall"][majority] == 1.0

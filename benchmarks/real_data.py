@@ -1,0 +1,183 @@
+"""Model quality on real fundus photos: the reports' recipe against ours, from scratch, on a CPU budget.
+
+Trains ResNet-18 from scratch through the engine on the lab split of ``../shared/data/eyepacs-dev``
+(2,490 train / 608 test photos) twice: with the reference reports' recipe (cross entropy, SGD 1e-3,
+flips) and with the engine's ``best-cpu`` recipe. Both train at the same resolution for as many
+epochs as half the time budget affords (measured with a short probe before training), keep their
+last epoch (no epoch is picked on the test split), and are scored once on the test split against
+the majority-grade baseline.
+
+    python benchmarks/real_data.py                      # 30 minutes in all on a 2-core CPU
+    python benchmarks/real_data.py --budget-min 60 --json real.json
+
+Runs are kept under ``--out``: an interrupted benchmark resumes, a finished one reprints its table.
+The ``best-cpu`` settings were chosen on a validation split of the 2,490 training photos only
+(``--holdout``); see the README's performance section for what was tried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retino_utils import NUM_CLASSES, data
+from retino_utils.atomic import write_json
+from retino_utils.config import RECIPES, TrainConfig
+from retino_utils.device import resolve_device, use_bf16, use_channels_last
+from retino_utils.distributed import DistContext
+from retino_utils.engine import evaluate, train_one_epoch
+from retino_utils.errors import RetinoError, run_cli
+from retino_utils.loaders import build_run_data
+from retino_utils.losses import build_loss
+from retino_utils.metrics import compute_metrics
+from retino_utils.models import build_model
+from retino_utils.paths import BUILD_DIR, SHARED_DATA_DIR, cache_root
+from retino_utils.synthetic import cached_dataset
+from retino_utils.train import fit
+
+REAL_DATA = SHARED_DATA_DIR / "eyepacs-dev"
+RECIPE_LABELS = {"reports": "reports' recipe (CE, SGD 1e-3, flips)", "best-cpu": "ours (--recipe best-cpu)"}
+PROBE_BATCHES = 6
+
+
+class _FirstBatches:
+    """The first ``n`` batches of a loader, for timing a few steps with the engine's own loop."""
+
+    def __init__(self, loader, n: int):
+        self.loader, self.n = loader, min(n, len(loader))
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i == self.n:
+                return
+            yield batch
+
+
+def recipe_config(recipe: str, args, epochs: int) -> TrainConfig:
+    return TrainConfig.with_recipe(
+        recipe, data=str(args.data), out=str(args.out / f"{recipe}-{args.size}px-{epochs}ep"), arch="resnet18",
+        weights=None, epochs=epochs, image_size=args.size, batch_size=args.batch_size, best_metric="last",
+        seed=args.seed, progress=args.progress, resume=True, device=args.device)
+
+
+def seconds_per_epoch(config: TrainConfig) -> float:
+    """Estimated wall time of one epoch: a few timed training and evaluation batches, scaled up."""
+    device = resolve_device(config.device)
+    bf16, channels_last = use_bf16(device, config.precision), use_channels_last(device)
+    model = build_model(config.arch, None, num_classes=1 if config.is_regression else NUM_CLASSES).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    run_data = build_run_data(config, device, DistContext(), channels_last)  # builds the caches fit reuses
+    loss_fn = build_loss(config.loss, class_counts=np.bincount(run_data.train.labels, minlength=NUM_CLASSES))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    common = dict(device=device, bf16=bf16, show_progress=False)
+    train_one_epoch(model, loss_fn, optimizer, _FirstBatches(run_data.train_loader, 1), **common)  # warm-up
+    trained = train_one_epoch(model, loss_fn, optimizer, _FirstBatches(run_data.train_loader, PROBE_BATCHES), **common)
+    evaluated = evaluate(model, loss_fn, _FirstBatches(run_data.eval_loader, PROBE_BATCHES), **common)
+    # Every epoch evaluates the test split; regression also rescores the training split for its cut points.
+    eval_images = len(run_data.eval) + (len(run_data.train) if config.is_regression else 0)
+    return len(run_data.train) * trained.seconds / trained.n + eval_images * evaluated.seconds / evaluated.n
+
+
+def plan_epochs(args) -> dict[str, int]:
+    """Epochs per recipe so that the two trainings share the budget equally."""
+    share = args.budget_min * 60 / len(args.recipes)
+    plan = {}
+    for recipe in args.recipes:
+        if args.epochs:
+            plan[recipe] = args.epochs
+            continue
+        estimate = seconds_per_epoch(recipe_config(recipe, args, 1))
+        plan[recipe] = max(1, min(args.max_epochs, math.floor(share / estimate)))
+        print(f"{recipe}: about {estimate:.0f} s per epoch -> {plan[recipe]} epochs in {share / 60:.0f} minutes",
+              flush=True)
+    return plan
+
+
+def majority_metrics(train_labels: np.ndarray, test_labels: np.ndarray) -> dict:
+    majority = int(np.bincount(train_labels, minlength=NUM_CLASSES).argmax())
+    return compute_metrics(test_labels, np.full_like(test_labels, majority))
+
+
+def run(args) -> dict:
+    train, test = data.read_split(args.data, "train"), data.read_split(args.data, "test")
+    print(f"{args.data}: {len(train)} train / {len(test)} test photos; ResNet-18 from scratch at {args.size} px; "
+          f"budget {args.budget_min:g} minutes", flush=True)
+    start = time.perf_counter()
+    plan = plan_epochs(args)
+    results = {"data": str(args.data), "size": args.size, "budget_min": args.budget_min,
+               "baseline": {"label": "majority grade", **majority_metrics(train.labels, test.labels)}, "runs": {}}
+    for recipe, epochs in plan.items():
+        config = recipe_config(recipe, args, epochs)
+        run_start = time.perf_counter()
+        print(f"\n== {RECIPE_LABELS.get(recipe, recipe)}: {epochs} epochs -> {config.out}", flush=True)
+        fit(config)
+        metrics = json.loads((Path(config.out) / "metrics.json").read_text())
+        results["runs"][recipe] = {"label": RECIPE_LABELS.get(recipe, recipe), "epochs": epochs,
+                                   "settings": RECIPES[recipe], "loss": config.loss, "out": config.out,
+                                   "minutes": (time.perf_counter() - run_start) / 60, **metrics}
+    results["minutes"] = (time.perf_counter() - start) / 60
+    return results
+
+
+def print_table(results: dict) -> None:
+    rows = [results["baseline"], *results["runs"].values()]
+    width = max(len(r["label"]) for r in rows) + 2
+    print(f"\ntest split of {results['data']} ({results['baseline']['n']} photos), {results['size']} px, "
+          f"{results['minutes']:.1f} minutes in all")
+    grades = "".join(f"{'rec' + str(g):>7}" for g in range(NUM_CLASSES))
+    print(f"{'':<{width}}{'epochs':>7}{'acc':>8}{'QWK':>8}{'mF1':>7}{grades}{'refAUC':>8}")
+    for r in rows:
+        auc = r.get("referable_auc")
+        recall = "".join(f"{v:>7.2f}" for v in r["recall"])
+        print(f"{r['label']:<{width}}{r.get('epochs', ''):>7}{r['accuracy']:>8.1%}{r['qwk']:>8.3f}"
+              f"{r['macro_f1']:>7.3f}{recall}{'' if auc is None else format(auc, '.3f'):>8}")
+    for r in results["runs"].values():
+        settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items()) or "the engine's defaults"
+        print(f"{r['label']}: {settings}; loss {r['loss']}; {r['minutes']:.1f} minutes")
+
+
+def smoke_data() -> Path:
+    """A tiny synthetic dataset in the lab layout (what CI has when ../shared is absent)."""
+    return cached_dataset(cache_root() / "benchmark-real-data-smoke", 48, 24, size=64)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=REAL_DATA, help="dataset in the lab layout (default %(default)s)")
+    parser.add_argument("--budget-min", type=float, default=30.0, help="minutes for the whole benchmark")
+    parser.add_argument("--size", type=int, default=128, help="training resolution of both recipes")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, help="fixed epochs per recipe instead of what the budget affords")
+    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPE_LABELS), choices=list(RECIPES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=BUILD_DIR / "benchmarks" / "real_data",
+                        help="run folders (kept, so an interrupted benchmark resumes)")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--smoke", action="store_true", help="tiny synthetic data, 32 px, 12 seconds (for CI)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.data, args.size, args.batch_size, args.budget_min, args.max_epochs = smoke_data(), 32, 8, 0.2, 2
+    if not args.data.is_dir():
+        raise RetinoError(f"no dataset at {args.data}: pass --data DIR (the eyepacs-dev photos in the lab layout)")
+    results = run(args)
+    print_table(results)
+    if args.json:
+        write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
