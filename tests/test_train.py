@@ -14,9 +14,9 @@ import torch
 import torchvision
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
-from retino_utils.config import TrainConfig
+from retino_utils.config import RECIPES, TrainConfig
 from retino_utils.errors import RetinoError
-from retino_utils.train import HISTORY_COLUMNS, fit
+from retino_utils.train import HISTORY_COLUMNS, config_from_args, fit
 
 TIMING_COLUMNS = ["seconds", "images_per_s"]
 
@@ -91,6 +91,20 @@ def test_config_errors_name_the_value(tiny_dataset, tmp_path):
         fit(small_config(tiny_dataset, tmp_path / "r", device="tpu"))
     with pytest.raises(RetinoError, match="hinge"):
         small_config(tiny_dataset, tmp_path / "r", loss="hinge")
+
+
+def test_recipes_fill_only_what_the_command_line_leaves_open(tmp_path):
+    common = ["--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    reports = config_from_args(common)  # the engine's defaults are the reference reports' optimiser
+    assert (reports.loss, reports.lr, reports.momentum, reports.weight_decay, reports.schedule, reports.sampler) == \
+        ("ce", 1e-3, 0.9, 5e-4, "none", "none")
+    best = config_from_args([*common, "--recipe", "best-cpu"])
+    assert best.recipe == "best-cpu"
+    for name, value in RECIPES["best-cpu"].items():
+        assert getattr(best, name) == value
+    assert best.lr != reports.lr and best.loss != reports.loss  # the recipe really changes something
+    mixed = config_from_args([*common, "--recipe", "best-cpu", "--lr", "0.01", "--sampler", "none"])
+    assert (mixed.lr, mixed.sampler, mixed.loss) == (0.01, "none", RECIPES["best-cpu"]["loss"])
 
 
 def test_weights_file_of_another_architecture(tiny_dataset, tmp_path):
