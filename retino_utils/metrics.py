@@ -7,8 +7,6 @@ import warnings
 from typing import Sequence
 
 import numpy as np
-from sklearn import metrics as skm
-from sklearn.exceptions import UndefinedMetricWarning
 
 from retino_utils import NUM_CLASSES
 from retino_utils.errors import RetinoError
@@ -34,6 +32,9 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], referable_scor
     carries no information beyond chance. Referable sensitivity/specificity are None when the split
     has no referable / non-referable cases; the AUC is None without scores or with one class only.
     """
+    from sklearn import metrics as skm  # imported here: a second of start-up the training CLI's early errors skip
+    from sklearn.exceptions import UndefinedMetricWarning
+
     y_true = _as_grades(y_true, num_classes, "true grades")
     y_pred = _as_grades(y_pred, num_classes, "predicted grades")
     if y_true.shape != y_pred.shape or y_true.size == 0:
@@ -76,7 +77,9 @@ def _referable_auc(true_referable: np.ndarray, referable_score) -> float | None:
         raise RetinoError(f"need one referable score per sample, got {scores.size} for {true_referable.size}")
     if np.unique(true_referable).size < 2:
         return None
-    return _json_float(skm.roc_auc_score(true_referable, scores))
+    from sklearn.metrics import roc_auc_score
+
+    return _json_float(roc_auc_score(true_referable, scores))
 
 
 def _json_float(value) -> float | None:
