@@ -20,13 +20,11 @@ The ``best-cpu`` settings were chosen on a validation split of the 2,490 trainin
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from retino_utils import NUM_CLASSES, data
@@ -41,6 +39,7 @@ from retino_utils.losses import build_loss
 from retino_utils.metrics import compute_metrics
 from retino_utils.models import build_model
 from retino_utils.paths import BUILD_DIR, SHARED_DATA_DIR, cache_root
+from retino_utils.results import load_run
 from retino_utils.synthetic import cached_dataset
 from retino_utils.train import fit
 
@@ -68,7 +67,7 @@ class _FirstBatches:
 def recipe_config(recipe: str, args, epochs: int) -> TrainConfig:
     return TrainConfig.with_recipe(
         recipe, data=str(args.data), out=str(args.out / f"{recipe}-{args.size}px-{epochs}ep"), arch="resnet18",
-        weights=None, epochs=epochs, image_size=args.size, batch_size=args.batch_size, best_metric="last",
+        epochs=epochs, image_size=args.size, batch_size=args.batch_size, best_metric="last",
         seed=args.seed, progress=args.progress, resume=True, device=args.device)
 
 
@@ -93,13 +92,13 @@ def seconds_per_epoch(config: TrainConfig) -> float:
 
 def plan_epochs(args) -> dict[str, int]:
     """Epochs per recipe so that the two trainings share the budget equally."""
-    share = args.budget_min * 60 / len(args.recipes)
-    plan = {}
     if args.epochs:
         if len(args.epochs) not in (1, len(args.recipes)):
             raise RetinoError(f"--epochs takes one number, or one per recipe ({len(args.recipes)}), "
                               f"got {len(args.epochs)}")
         return dict(zip(args.recipes, args.epochs * len(args.recipes) if len(args.epochs) == 1 else args.epochs))
+    share = args.budget_min * 60 / len(args.recipes)
+    plan = {}
     for recipe in args.recipes:
         estimate = seconds_per_epoch(recipe_config(recipe, args, 1))
         plan[recipe] = max(1, min(args.max_epochs, math.floor(share / estimate)))
@@ -125,12 +124,10 @@ def run(args) -> dict:
         config = recipe_config(recipe, args, epochs)
         print(f"\n== {RECIPE_LABELS.get(recipe, recipe)}: {epochs} epochs -> {config.out}", flush=True)
         fit(config)  # a finished run in the folder is reused as it is
-        run_dir = Path(config.out)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        training_seconds = pd.read_csv(run_dir / "history.csv")["seconds"].sum()
-        results["runs"][recipe] = {**metrics, "label": RECIPE_LABELS.get(recipe, recipe), "epochs": epochs,
-                                   "settings": RECIPES[recipe], "loss_function": config.loss,
-                                   "out": config.out, "training_minutes": training_seconds / 60}
+        finished = load_run(config.out)
+        results["runs"][recipe] = {**finished.metrics, "label": RECIPE_LABELS.get(recipe, recipe), "epochs": epochs,
+                                   "settings": RECIPES[recipe], "loss_function": config.loss, "out": config.out,
+                                   "training_minutes": finished.history["seconds"].sum() / 60}
     results["minutes"] = (time.perf_counter() - start) / 60
     return results
 

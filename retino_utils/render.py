@@ -13,6 +13,7 @@ from typing import Sequence
 import pandas as pd
 
 from .atomic import write_text
+from .config import TrainConfig
 from .models import imagenet_weights_file
 
 # Figures shown on the index page, in order, when the notebooks produced them.
@@ -82,7 +83,8 @@ def _summary_table(results: dict) -> str:
                "weights": settings.get("weights") or "none", "loss": settings.get("loss"),
                "sampler": settings.get("sampler"), "status": run["status"]}
         if metrics:
-            kept = {"accuracy": "best accuracy", "qwk": "best QWK", "last": "last"}[settings.get("best_metric") or "accuracy"]
+            kept = {"accuracy": "best accuracy", "qwk": "best QWK", "last": "last"}[
+                settings.get("best_metric") or TrainConfig.best_metric]
             row.update({"checkpoint": f"{kept} (epoch {metrics['best_epoch']})",
                         "accuracy": f"{100 * metrics['accuracy']:.1f}%", "QWK": f"{metrics['qwk']:.3f}",
                         "macro-F1": f"{metrics['macro_f1']:.3f}"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -81,8 +82,6 @@ def stats_table(stats: ChannelStats) -> pd.DataFrame:
 
 def provenance_note(root) -> str:
     """Where the photos come from; for synthetic data, how it was made and what it exaggerates."""
-    from pathlib import Path
-
     record = Path(root) / "synthetic.json"
     if not record.is_file():
         return f"Photos from `{root}`."
