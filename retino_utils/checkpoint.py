@@ -1,19 +1,27 @@
-"""Checkpoints: one dict {model, optimizer, scheduler, scaler, epoch, config, history, rng, best},
-replaced atomically and read back with ``weights_only=True`` (no arbitrary code from a file)."""
+"""Checkpoints: one dict {model, optimizer, scheduler, epoch, config, history, rng, best}, serialised
+in memory first (so its size is known before the disk is touched), replaced atomically, and read
+back with ``weights_only=True`` (no arbitrary code from a file)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
+from .atomic import write_bytes
 from .errors import RetinoError
 
 
+class CheckpointDamaged(RetinoError):
+    """The file exists but is truncated or is not a checkpoint this project wrote."""
+
+
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write ``state`` to ``path`` atomically; on a full disk DiskFullError, and the old file stays."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -22,9 +30,9 @@ def load_checkpoint(path: str | Path) -> dict:
         raise RetinoError(f"checkpoint {path} not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, or one holding objects we refuse to unpickle
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RetinoError(f"cannot read checkpoint {path}: {first}; delete it to start the run afresh") from None
+    except Exception:  # truncated, or objects we refuse to unpickle; torch's advice (unsafe loading) is not ours
+        raise CheckpointDamaged(f"checkpoint {path} is damaged (truncated, or not a checkpoint written by "
+                                f"retino_utils)") from None
 
 
 def rng_state() -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -104,8 +105,15 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def semantic_dict(self) -> dict:
-        """The settings that define what a run computes (compared when resuming)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        """The settings that define what a run computes (compared when resuming).
+
+        Paths are compared resolved: ``DIR``, ``./DIR`` and ``DIR/`` name the same data.
+        """
+        values = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        values["data"] = os.path.realpath(self.data) if self.data else self.data
+        if self.weights not in (None, "imagenet"):
+            values["weights"] = os.path.realpath(self.weights)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

@@ -1,4 +1,4 @@
-"""One error type for bad input, and the CLI wrapper that turns it into a one-line message."""
+"""Error types for bad input, and the CLI wrapper that turns them into a one-line message."""
 
 from __future__ import annotations
 
@@ -10,14 +10,39 @@ class RetinoError(Exception):
     """Bad input or environment: the message is one line that names the thing and what to do."""
 
 
-def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run a CLI entry point; a RetinoError becomes ``error: <message>`` on stderr and exit status 2."""
+class DiskFullError(RetinoError):
+    """A write ran out of space; whatever was there before the write is left intact."""
+
+
+class WeightsUnavailableError(RetinoError):
+    """ImageNet weights are neither in the torch hub cache nor downloadable from here."""
+
+
+def format_bytes(size: float) -> str:
+    """``1536`` -> ``"1.5 KB"``: sizes in the unit that keeps them readable (decimal units, as df -H)."""
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if abs(size) < 1000:
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def run_cli(
+    main: Callable[[Sequence[str] | None], int | None],
+    argv: Sequence[str] | None = None,
+    on_interrupt: Callable[[], str] | None = None,
+) -> None:
+    """Run a CLI entry point; a RetinoError becomes ``error: <message>`` on stderr and exit status 2.
+
+    ``on_interrupt`` says what to run to continue after Ctrl-C (default: the same command).
+    """
     try:
         status = main(argv)
     except RetinoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        print(f"interrupted: {on_interrupt() if on_interrupt else 'rerun the same command to resume'}",
+              file=sys.stderr)
         sys.exit(130)
     sys.exit(status or 0)

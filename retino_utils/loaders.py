@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import data
 from .config import TrainConfig
+from .data.layouts import check_disjoint
 from .distributed import DistContext
 from .errors import RetinoError
 from .losses.class_weights import sample_weights
@@ -36,6 +37,7 @@ def read_splits(config: TrainConfig) -> tuple["data.SplitIndex", "data.SplitInde
         train, evaluated, name = train.subset(keep), train.subset(held), "holdout"
     else:
         evaluated, name = data.open_dataset(config.data, "test", **kwargs).index, "test"
+        check_disjoint(train, evaluated)
     for split_name, index in (("train", train), (name, evaluated)):
         if len(index) == 0:
             raise RetinoError(f"the {split_name} split of {config.data} is empty: check its CSV files "

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
-import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
 
 from retino_utils.errors import RetinoError
+from retino_utils.imagenet import imagenet_weights_file, unavailable_error, unavailable_reason
 from retino_utils.resnet_native import resnet18_native, resnet50_native
 
 ARCHS = ("resnet18", "resnet50")
 IMPLS = ("torchvision", "native")
 HEAD = "fc"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
-REACHABILITY_TIMEOUT_S = 3.0
 
 _CONSTRUCTORS = {
     "torchvision": {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50},
@@ -30,10 +25,6 @@ _IMAGENET_WEIGHTS = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
     "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
 }
-
-
-class WeightsUnavailableError(RetinoError):
-    """ImageNet weights are neither in the torch hub cache nor downloadable from here."""
 
 
 def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
@@ -58,7 +49,7 @@ def build_model(arch: str, weights: str | Path | None = None, num_classes: int =
     if isinstance(weights, str) and weights == "imagenet":
         state, source = load_imagenet_state_dict(arch), f"ImageNet weights {imagenet_weights_file(arch)}"
     elif isinstance(weights, (str, Path)):
-        state, source = read_weights_file(Path(weights)), f"weights file {weights}"
+        state, source = read_weights_file(Path(weights), arch), f"weights file {weights}"
     else:
         raise RetinoError(f"weights must be None, 'imagenet' or a file path, got {weights!r}")
     load_backbone_and_head(model, state, source, arch)
@@ -67,35 +58,18 @@ def build_model(arch: str, weights: str | Path | None = None, num_classes: int =
 
 # --- ImageNet weights through torchvision's cache ---------------------------------------------
 
-def imagenet_weights_file(arch: str) -> Path:
-    """Where torchvision caches (and we look for) the ImageNet weights of ``arch``."""
-    _check_choice(arch, ARCHS, "arch")
-    file_name = Path(urlparse(_IMAGENET_WEIGHTS[arch].url).path).name
-    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
-
-
 def load_imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
     """The cached ImageNet state dict; downloaded first only when the host answers quickly."""
     path = imagenet_weights_file(arch)
     if path.is_file():
-        return read_weights_file(path)
-    weights = _IMAGENET_WEIGHTS[arch]
-    if os.environ.get("RETINO_OFFLINE") == "1":
-        reason = "RETINO_OFFLINE=1"
-    elif not _reachable(weights.url):
-        reason = f"{urlparse(weights.url).hostname} is unreachable"
-    else:
+        return read_weights_file(path, arch)
+    reason = unavailable_reason(arch)
+    if reason is None:
         try:
-            return weights.get_state_dict(progress=True)
+            return _IMAGENET_WEIGHTS[arch].get_state_dict(progress=True)
         except Exception as exc:  # any network/HTTP/IO failure ends in the same advice
             reason = f"download failed: {_first_line(exc)}"
-    raise WeightsUnavailableError(
-        f"ImageNet weights for {arch} are not cached and cannot be downloaded ({reason}): "
-        f"put {path.name} (from {weights.url}) into {path.parent} "
-        f"(set TORCH_HOME to use another cache), e.g. on a connected machine run: "
-        f"python -c \"import torchvision; torchvision.models.{arch}(weights='IMAGENET1K_V1')\" "
-        f"and copy the file."
-    )
+    raise unavailable_error(arch, reason)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -103,47 +77,26 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def _reachable(url: str, timeout: float = REACHABILITY_TIMEOUT_S) -> bool:
-    """Can a TCP connection to the URL's host (or the configured HTTPS proxy) open within ``timeout``?
-
-    The probe runs in a daemon thread because a stalled DNS lookup ignores socket timeouts.
-    """
-    proxy = urllib.request.getproxies().get("https")
-    target = urlparse(proxy if proxy else url)
-    address = (target.hostname, target.port or (443 if target.scheme == "https" else 80))
-    opened: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection(address, timeout=timeout):
-                opened.append(True)
-        except OSError:  # DNS failure, refused, timed out
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(opened)
-
-
 # --- weights files ------------------------------------------------------------------------------
 
-def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+def read_weights_file(path: Path, arch: str = "the model") -> dict[str, torch.Tensor]:
     """A state dict from a plain state-dict file or our checkpoint (``{"model": state, ...}``).
 
-    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes are stripped.
+    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes are stripped. Only tensors are
+    ever unpickled (``weights_only=True``), and no message suggests loading a file unsafely.
     """
     if not path.is_file():
         raise RetinoError(f"weights file {path} not found: check the path")
+    not_weights = (f"weights file {path} is not a state dict or checkpoint of {arch} "
+                   f"(expected tensors by name, or a checkpoint with a 'model' entry)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RetinoError(f"weights file {path} cannot be read as a PyTorch state dict ({_first_line(exc)})") from exc
+    except Exception:  # torch's own message would advise weights_only=False: never do that with a stray file
+        raise RetinoError(f"{not_weights}; it is damaged or not a PyTorch file") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise RetinoError(f"weights file {path} holds no state dict (expected tensors by name, "
-                          f"or a checkpoint with a 'model' entry)")
+        raise RetinoError(not_weights)
     return {_strip_wrapper_prefixes(key): value for key, value in obj.items()}
 
 

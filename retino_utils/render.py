@@ -14,7 +14,7 @@ import pandas as pd
 
 from .atomic import write_text
 from .config import TrainConfig
-from .models import imagenet_weights_file
+from .imagenet import imagenet_weights_file
 
 # Figures shown on the index page, in order, when the notebooks produced them.
 INDEX_FIGURES = (

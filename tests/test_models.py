@@ -1,14 +1,16 @@
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from retino_utils.errors import RetinoError
+from retino_utils import imagenet
+from retino_utils.errors import RetinoError, WeightsUnavailableError
+from retino_utils.imagenet import imagenet_weights_file
 from retino_utils.models import (
-    WeightsUnavailableError, build_model, freeze_backbone, head_parameters, imagenet_weights_file,
-    set_train_mode, trainable_parameters, unfreeze_all, unwrap,
+    build_model, freeze_backbone, head_parameters, set_train_mode, trainable_parameters, unfreeze_all, unwrap,
 )
 
 TORCHVISION = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
@@ -128,6 +130,22 @@ def test_imagenet_weights_file_follows_torch_home(empty_torch_home):
     assert imagenet_weights_file("resnet50").name == "resnet50-0676ba61.pth"
 
 
+@pytest.mark.parametrize("torch_home", [True, False])
+@pytest.mark.parametrize("xdg", [True, False])
+def test_torch_free_weights_lookup_agrees_with_torch(tmp_path, monkeypatch, torch_home, xdg):
+    """The CLI's pre-import check must look where torchvision itself caches and downloads from."""
+    for var, wanted in (("TORCH_HOME", torch_home), ("XDG_CACHE_HOME", xdg)):
+        if wanted:
+            monkeypatch.setenv(var, str(tmp_path / var.lower()))
+        else:
+            monkeypatch.delenv(var, raising=False)
+    assert imagenet.hub_dir() == Path(torch.hub.get_dir())
+    assert imagenet.IMAGENET_URLS == {
+        "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url,
+        "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url,
+    }
+
+
 def test_imagenet_offline_without_cache_fails_fast_with_advice(empty_torch_home, monkeypatch):
     monkeypatch.setenv("RETINO_OFFLINE", "1")
     start = time.monotonic()
@@ -142,7 +160,7 @@ def test_imagenet_offline_without_cache_fails_fast_with_advice(empty_torch_home,
 def test_imagenet_unreachable_host_fails_fast(empty_torch_home, monkeypatch):
     """Without RETINO_OFFLINE, on a machine without network (or with the host unresolvable)."""
     monkeypatch.delenv("RETINO_OFFLINE", raising=False)
-    monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.value, "url",
+    monkeypatch.setitem(imagenet.IMAGENET_URLS, "resnet18",
                         "https://retino-offline-test.invalid/models/resnet18-f37072fd.pth")
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError, match="unreachable"):
@@ -152,7 +170,7 @@ def test_imagenet_unreachable_host_fails_fast(empty_torch_home, monkeypatch):
 
 def test_imagenet_weights_load_from_cache_without_network(empty_torch_home, monkeypatch):
     monkeypatch.delenv("RETINO_OFFLINE", raising=False)
-    monkeypatch.setattr("retino_utils.models._reachable", lambda *a, **k: pytest.fail("network touched"))
+    monkeypatch.setattr("retino_utils.imagenet.reachable", lambda *a, **k: pytest.fail("network touched"))
     torch.manual_seed(123)
     saved = torchvision.models.resnet18(num_classes=1000).state_dict()
     path = empty_torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"

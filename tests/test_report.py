@@ -92,7 +92,7 @@ def test_pipeline_profiles_cover_every_run():
 # -- end to end --------------------------------------------------------------------------------------
 def write_fake_imagenet_weights(torch_home: Path) -> None:
     """ImageNet-shaped state dicts (random, seeded) where torchvision's cache expects them."""
-    from retino_utils.models import imagenet_weights_file
+    from retino_utils.imagenet import imagenet_weights_file
 
     os.environ["TORCH_HOME"] = str(torch_home)
     try:

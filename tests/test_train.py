@@ -16,7 +16,8 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from retino_utils.config import RECIPES, TrainConfig
 from retino_utils.errors import RetinoError
-from retino_utils.train import HISTORY_COLUMNS, config_from_args, fit
+from retino_utils.train import config_from_args, fit
+from retino_utils.trainer import HISTORY_COLUMNS
 
 TIMING_COLUMNS = ["seconds", "images_per_s"]
 
@@ -58,7 +59,7 @@ def test_cli_writes_every_run_file(tiny_dataset, tmp_path):
     assert metrics["accuracy"] == pytest.approx(history.test_acc[best_epoch - 1])
     # the checkpoint is one dict readable with weights_only
     state = torch.load(out / "last.pt", weights_only=True)
-    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "config", "history", "rng"} <= set(state)
+    assert {"model", "optimizer", "scheduler", "epoch", "config", "history", "rng"} <= set(state)
     assert state["epoch"] == 2
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
-from ..errors import RetinoError
+from ..errors import DiskFullError, RetinoError, format_bytes
 from .cachedir import dataset_cache_dir, derived_prefix, remove_stale
 from .images import load_resized
 from .layouts import SplitIndex
@@ -131,7 +131,7 @@ def _decode_into(
         path, error = failures[0]
         raise RetinoError(
             f"cannot decode {path} ({error}) and {len(failures) - 1} more; run `python -m retino_utils.data "
-            f"validate {index.root}`, or open the split with skip_bad=True to leave bad images out"
+            f"validate {index.root}`, or pass --skip-bad (skip_bad=True in Python) to leave bad images out"
         )
     del images
     os.replace(partial, final)
@@ -167,9 +167,9 @@ def _open_partial(partial: Path, done_path: Path, index: SplitIndex, image_size:
     needed = math.prod(shape)
     free = shutil.disk_usage(partial.parent).free
     if needed > free:
-        raise RetinoError(
-            f"the {image_size} px cache of {len(index)} images needs {needed / 2**30:.1f} GiB in {partial.parent}, "
-            f"only {free / 2**30:.1f} GiB free; use a smaller size, or point RETINO_CACHE elsewhere"
+        raise DiskFullError(
+            f"the {image_size} px cache of {len(index)} images needs {format_bytes(needed)} in {partial.parent}, "
+            f"only {format_bytes(free)} free; free some space, use a smaller size, or point RETINO_CACHE elsewhere"
         )
     images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
     return images, np.zeros(shape[0], dtype=bool)

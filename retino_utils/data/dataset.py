@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import RetinoError
-from .layouts import SplitIndex, read_split
+from .layouts import SplitIndex, nested_folder_message, nested_image_folder, read_split
 from .transforms import DecodePreset
 from .validate import image_problems
 
@@ -52,9 +52,13 @@ def open_dataset(
 
     Without ``skip_bad`` a missing image raises RetinoError; with it, entries that validation finds
     missing or undecodable (its cached result, computed if needed) are left out with one warning.
+    Images unzipped one folder too deep are reported in one line either way.
     """
     index = read_split(root, split, layout, test_fraction, split_seed)
     hint = f"run `python -m retino_utils.data validate {root}`"
+    nested = nested_image_folder(index)
+    if nested:
+        raise RetinoError(nested_folder_message(index, nested))
     if skip_bad:
         bad = image_problems(index)
         if bad:
@@ -71,7 +75,7 @@ def open_dataset(
             name, path = missing[0]
             raise RetinoError(
                 f"image {path} for entry {name!r} is missing ({len(missing)} of {len(index)} in the {split} "
-                f"split); {hint}, or open with skip_bad=True to leave such entries out"
+                f"split); {hint}, or pass --skip-bad (skip_bad=True in Python) to leave such entries out"
             )
     if not len(index):
         raise RetinoError(f"the {split} split of {root} has no usable entries; {hint}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import os
 import re
 from dataclasses import dataclass, field
@@ -64,12 +65,14 @@ class SplitIndex:
     names: tuple[str, ...]
     paths: tuple[Path, ...]
     labels: np.ndarray
+    sources: tuple[str, ...] = ()  # where each entry was read ("train_img.csv line 3"); "" when unknown
 
     def __post_init__(self) -> None:
         labels = np.array(self.labels, dtype=np.int64).reshape(-1)
         object.__setattr__(self, "labels", labels)
-        if not len(self.names) == len(self.paths) == len(labels):
-            raise ValueError("names, paths and labels must have the same length")
+        object.__setattr__(self, "sources", tuple(self.sources) or ("",) * len(labels))
+        if not len(self.names) == len(self.paths) == len(labels) == len(self.sources):
+            raise ValueError("names, paths, labels and sources must have the same length")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -85,6 +88,7 @@ class SplitIndex:
             tuple(self.names[i] for i in positions),
             tuple(self.paths[i] for i in positions),
             self.labels[positions],
+            tuple(self.sources[i] for i in positions),
         )
 
     def entries_digest(self) -> str:
@@ -112,17 +116,19 @@ class SplitIndex:
 class TableRows:
     """Rows of a label table before images are looked up; rows with a bad grade are left out."""
 
-    names: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # as written, less surrounding spaces and quotes
+    spellings: list[str] = field(default_factory=list)  # exactly as written (inner spaces kept): tried first
     labels: list[int] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # where each name was read ("train_img.csv line 3")
     problems: list[tuple[str, str]] = field(default_factory=list)  # (where, reason)
 
-    def add(self, name: str, source: str, grade_text: str, grade_where: str) -> None:
-        grade, reason = parse_grade(grade_text)
+    def add(self, spelled: str, source: str, grade_text: str, grade_where: str) -> None:
+        grade, reason = parse_grade(grade_text.strip().strip('"').strip())
         if reason:
             self.problems.append((grade_where, reason))
         else:
-            self.names.append(name)
+            self.names.append(spelled.strip().strip('"').strip())
+            self.spellings.append(_unquote(spelled))
             self.labels.append(grade)
             self.sources.append(source)
 
@@ -132,7 +138,6 @@ class ScannedSplit:
     """A split as read, with the table problems found on the way (validate reports them all)."""
 
     index: SplitIndex
-    sources: tuple[str, ...]
     problems: list[tuple[str, str]]
 
 
@@ -148,6 +153,9 @@ def parse_grade(text: str) -> tuple[int | None, str | None]:
 
 def detect_layout(root: str | os.PathLike) -> str:
     root = Path(root)
+    if root.is_file():
+        raise RetinoError(f"{root} is a file, not a dataset folder: pass the folder that holds the label CSVs "
+                          f"(perhaps {root.parent})")
     if not root.is_dir():
         raise RetinoError(f"dataset folder {root} does not exist: pass the folder that holds the label CSVs")
     for name, spec in LAYOUTS.items():
@@ -206,17 +214,53 @@ def scan_split(
         groups = [patient_of(name) if layout == "kaggle" else name for name in rows.names]
         in_test = stratified_group_split(groups, rows.labels, test_fraction, split_seed)
         keep = in_test if split == "test" else ~in_test
-    names = tuple(n for n, k in zip(rows.names, keep) if k)
+    kept = np.flatnonzero(keep)
     index = SplitIndex(
         root,
         layout,
         split,
-        names,
-        resolve_image_paths(root, names, spec),
-        np.asarray(rows.labels, dtype=np.int64)[keep],
+        tuple(rows.names[i] for i in kept),
+        resolve_image_paths(root, [rows.spellings[i] for i in kept], spec),
+        np.asarray(rows.labels, dtype=np.int64)[kept],
+        tuple(rows.sources[i] for i in kept),
     )
-    sources = tuple(s for s, k in zip(rows.sources, keep) if k)
-    return ScannedSplit(index, sources, rows.problems)
+    return ScannedSplit(index, rows.problems + repeated_photos(index))
+
+
+def repeated_photos(index: SplitIndex) -> list[tuple[str, str]]:
+    """A photo listed twice in one split (by name, or two spellings of one file): one problem per repeat."""
+    first: dict[object, str] = {}
+    problems = []
+    for name, path, source in zip(index.names, index.paths, index.sources):
+        earlier = first.get(name) or first.get(path)
+        if earlier:
+            problems.append((source, f"name {name!r} repeats {earlier} ({index.split} split)"))
+        else:
+            first[name] = first[path] = source
+    return problems
+
+
+def shared_photos(train: SplitIndex, test: SplitIndex) -> list[tuple[str, str]]:
+    """Photos in both splits (by name or file): each one leaks its answer from training into the test."""
+    in_train: dict[object, str] = {}
+    for name, path, source in zip(train.names, train.paths, train.sources):
+        in_train.setdefault(name, source)
+        in_train.setdefault(path, source)
+    return [
+        (source, f"name {name!r} is also in the train split ({in_train.get(name) or in_train[path]})")
+        for name, path, source in zip(test.names, test.paths, test.sources)
+        if name in in_train or path in in_train
+    ]
+
+
+def check_disjoint(train: SplitIndex, test: SplitIndex) -> None:
+    """Refuse a photo that is in both splits: training on it would inflate every test figure."""
+    shared = shared_photos(train, test)
+    if shared:
+        where, reason = shared[0]
+        more = f" (and {len(shared) - 1} more)" if len(shared) > 1 else ""
+        raise RetinoError(f"{where}: {reason}{more}; a photo in both splits leaks test answers into training: "
+                          f"remove it from one of the two CSV files (--skip-bad does not apply to this)")
 
 
 def _required(root: Path, name: str, layout: str) -> Path:
@@ -227,36 +271,66 @@ def _required(root: Path, name: str, layout: str) -> Path:
     return path
 
 
-def _numbered_lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank lines with their 1-based numbers; whitespace, quotes and a BOM removed."""
-    text = path.read_text(encoding="utf-8-sig")
-    lines = ((number, line.strip().strip('"').strip()) for number, line in enumerate(text.splitlines(), 1))
-    return [(number, line) for number, line in lines if line]
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """Every line with its 1-based number (a BOM and line ends removed), blank ones included."""
+    return list(enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1))
+
+
+def _unquote(text: str) -> str:
+    """Text without a pair of surrounding double quotes (spaces inside them kept)."""
+    stripped = text.strip()
+    return stripped[1:-1] if len(stripped) >= 2 and stripped[0] == stripped[-1] == '"' else text
+
+
+def _first_value(lines: list[tuple[int, str]]) -> str:
+    return next((text.strip().strip('"').strip() for _, text in lines if text.strip()), "")
+
+
+def _drop_first_value(lines: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    first = next(i for i, (_, text) in enumerate(lines) if text.strip())
+    return lines[first + 1:]
 
 
 def read_lab_pair(img_csv: str | os.PathLike, label_csv: str | os.PathLike) -> TableRows:
-    """Pair the lab's one-value-a-line files: every row, with or without a header line.
+    """Pair the lab's one-value-a-line files line by line: every row, with or without a header line.
 
-    The label file has a header when its first line is not a number; the image file's first line
+    The label file has a header when its first value is not a number; the image file's first value
     is dropped with it only when it is a usual column name ("image", "id_code", ...), so a name
-    is never lost to a guess: a header in just one file shows up as unequal lengths.
+    is never lost to a guess: a header in just one file shows up as unequal lengths. A line blank
+    in both files is skipped; blank in one only is a problem naming the line, never a silent shift
+    of every later label.
     """
     img_csv, label_csv = Path(img_csv), Path(label_csv)
-    names, grades = _numbered_lines(img_csv), _numbered_lines(label_csv)
-    if grades and not _NUMBER_TEXT.fullmatch(grades[0][1]):
-        grades = grades[1:]
-        if names and names[0][1].lower() in NAME_HEADERS:
-            names = names[1:]
+    names, grades = _lines(img_csv), _lines(label_csv)
+    if grades and not _NUMBER_TEXT.fullmatch(_first_value(grades)):
+        grades = _drop_first_value(grades)
+        if names and _first_value(names).lower() in NAME_HEADERS:
+            names = _drop_first_value(names)
     rows = TableRows()
-    if len(names) != len(grades):
-        rows.problems.append(
+    one_file_longer = False
+    for name_entry, grade_entry in itertools.zip_longest(names, grades):
+        if name_entry is None or grade_entry is None:  # past the end of the shorter file
+            one_file_longer = one_file_longer or bool((name_entry or grade_entry)[1].strip())
+            continue
+        (name_line, name), (grade_line, grade) = name_entry, grade_entry
+        name_where, grade_where = f"{img_csv.name} line {name_line}", f"{label_csv.name} line {grade_line}"
+        if not name.strip() and not grade.strip():
+            continue
+        if not grade.strip():
+            rows.problems.append((grade_where, f"blank label for {name.strip()!r} ({name_where})"))
+        elif not name.strip():
+            rows.problems.append((name_where, f"blank name for label {grade.strip()!r} ({grade_where})"))
+        else:
+            rows.add(name, name_where, grade, grade_where)
+    if one_file_longer:
+        n_names, n_grades = (sum(1 for _, text in lines if text.strip()) for lines in (names, grades))
+        rows.problems.insert(
+            0,
             (
                 f"{img_csv.name}, {label_csv.name}",
-                f"{len(names)} names but {len(grades)} labels (a missing line, or a header in only one file?)",
-            )
+                f"{n_names} names but {n_grades} labels (a missing line, or a header in only one file?)",
+            ),
         )
-    for (name_line, name), (grade_line, grade) in zip(names, grades):
-        rows.add(name, f"{img_csv.name} line {name_line}", grade, f"{label_csv.name} line {grade_line}")
     return rows
 
 
@@ -264,7 +338,7 @@ def read_label_table(path: str | os.PathLike, name_column: str, grade_column: st
     """A Kaggle-style CSV with a header naming its name and grade columns (e.g. ``image,level``)."""
     path = Path(path)
     reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig")))
-    header = [cell.strip() for cell in next(reader, [])]
+    header = [cell.strip().lower() for cell in next(reader, [])]  # "Image,Level" is the same header
     if name_column not in header or grade_column not in header:
         raise RetinoError(
             f"{path}: expected a header with columns {name_column},{grade_column}, found {','.join(header)!r}"
@@ -278,28 +352,76 @@ def read_label_table(path: str | os.PathLike, name_column: str, grade_column: st
         if len(cells) != len(header):
             rows.problems.append((where, f"expected {len(header)} fields, found {len(cells)}"))
             continue
-        rows.add(cells[name_at].strip(), where, cells[grade_at].strip(), where)
+        rows.add(cells[name_at], where, cells[grade_at], where)
     return rows
 
 
 def resolve_image_paths(root: Path, names: Sequence[str], spec: LayoutSpec) -> tuple[Path, ...]:
-    """Find each name's file in the layout's image folders (listing each folder once, not stat per name).
+    """Find each name's file the way it is spelled on disk (listing each folder once, not stat per name).
 
-    A name may carry its extension; otherwise .jpeg, .jpg and .png are tried, the layout's own first.
-    A name found nowhere gets the path it would have in the first existing folder.
+    The name exactly as written comes first, then without surrounding spaces; a name without an
+    extension tries .jpeg, .jpg and .png (the layout's own first), and the extension's case does not
+    matter (``.JPG``, ``.Jpeg``). A name found nowhere gets the path it would have in the first
+    existing folder.
     """
     folders = [root / sub if sub else root for sub in spec.image_dirs]
-    listings = {folder: set(os.listdir(folder)) if folder.is_dir() else set() for folder in folders}
+    listings = {folder: _listing(folder) for folder in folders}
     home = next((folder for folder in folders if folder.is_dir()), folders[0])
     extensions = [spec.extension] + [ext for ext in IMAGE_EXTENSIONS if ext != spec.extension]
-    extensions += [ext.upper() for ext in extensions]
     paths = []
     for name in names:
-        has_extension = Path(name).suffix.lower() in IMAGE_EXTENSIONS
-        candidates = [name] if has_extension else [name + ext for ext in extensions]
-        found = next((folder / c for folder in folders for c in candidates if c in listings[folder]), None)
-        paths.append(found or home / candidates[0])
+        spellings = list(dict.fromkeys([name, name.strip()]))
+        keys = [_file_key(s) if Path(s).suffix.lower() in IMAGE_EXTENSIONS else None for s in spellings]
+        wanted = [key for key in keys if key] or [(s, ext) for s in spellings for ext in extensions]
+        found = next((folder / listings[folder][key] for folder in folders for key in wanted
+                      if key in listings[folder]), None)
+        plain = spellings[-1]
+        paths.append(found or home / (plain if keys[-1] else plain + extensions[0]))
     return tuple(paths)
+
+
+def _file_key(file_name: str) -> tuple[str, str]:
+    """``("a_left", ".jpeg")`` for ``a_left.JPEG``: the stem as written, the extension in lower case."""
+    suffix = Path(file_name).suffix
+    return file_name[: len(file_name) - len(suffix)], suffix.lower()
+
+
+def _listing(folder: Path) -> dict[tuple[str, str], str]:
+    """The folder's image files by ``_file_key``; an exact-case extension wins over another case."""
+    if not folder.is_dir():
+        return {}
+    files: dict[tuple[str, str], str] = {}
+    for file_name in sorted(os.listdir(folder)):
+        key = _file_key(file_name)
+        if key[1] in IMAGE_EXTENSIONS and (key not in files or Path(file_name).suffix == key[1]):
+            files[key] = file_name
+    return files
+
+
+def nested_image_folder(index: SplitIndex) -> tuple[Path, Path, set[Path]] | None:
+    """``(expected, nested, found)`` when missing images sit one folder deeper (``train/train/``).
+
+    ``found`` are the expected paths whose file is in ``nested``. Unzipping Kaggle's archive inside
+    ``train/`` gives exactly that; one line saying so beats one "file not found" per image.
+    """
+    missing = [path for path in index.paths if not path.is_file()]
+    best: tuple[Path, Path, set[Path]] | None = None
+    for parent in sorted({path.parent for path in missing}):
+        if not parent.is_dir():
+            continue
+        for nested in sorted(p for p in parent.iterdir() if p.is_dir()):
+            listing = _listing(nested)
+            found = {path for path in missing if path.parent == parent and _file_key(path.name) in listing}
+            if found and (best is None or len(found) > len(best[2])):
+                best = (parent, nested, found)
+    return best if best and 2 * len(best[2]) >= len(missing) else None
+
+
+def nested_folder_message(index: SplitIndex, nested: tuple[Path, Path, set[Path]]) -> str:
+    expected, deeper, found = nested
+    return (f"{len(found)} of the {len(index)} {index.split} images are one folder too deep, in {deeper}/ instead "
+            f"of {expected}/ (unzipping an archive inside it does that): move them up with "
+            f"mv {deeper}/* {expected}/ && rmdir {deeper}")
 
 
 def patient_of(name: str) -> str:

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
+from ..errors import DiskFullError
 from ..progress import progress as progress_bar
 
 POOL_MIN_TASKS = 32
@@ -33,7 +34,8 @@ def parallel_map(
     """Run ``fn(*args)`` for each ``(key, args)``; yield ``(key, result, error)`` in completion order.
 
     ``fn`` must be a module-level function. An exception becomes ``error`` (``"Type: message"``)
-    so the caller can name the file it came from; ``result`` is then None.
+    so the caller can name the file it came from; ``result`` is then None. A full disk is the
+    exception: every later task would fail the same way, so DiskFullError stops the whole map.
     """
     workers = max(1, min(workers or default_workers(), len(tasks)))
     jobs = [(fn, key, args) for key, args in tasks]
@@ -61,5 +63,7 @@ def _run(job: tuple[Callable[..., Any], Hashable, tuple]) -> tuple[Hashable, Any
     fn, key, args = job
     try:
         return key, fn(*args), None
+    except DiskFullError:
+        raise
     except Exception as exc:  # reported per task by the caller, which knows the file
         return key, None, f"{type(exc).__name__}: {exc}"

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+from scipy import ndimage
 
-from ..atomic import atomic_path, write_json
-from ..errors import RetinoError
+from ..atomic import atomic_path, remove_stale_temp_files, write_json
+from ..errors import DiskFullError, RetinoError
 from .images import load_rgb, square_resize
 from .layouts import LAYOUTS, SPLITS, read_split, resolve_layout
 from .parallel import parallel_map
@@ -37,6 +38,8 @@ class PreprocessSettings:
     size: int
     graham: bool
     layout: str
+    # 2: --graham averages over the retina only. A folder begun by another version is not resumed into.
+    version: int = 2
 
 
 @dataclass
@@ -69,28 +72,99 @@ def disc_box(image: Image.Image) -> tuple[int, int, int, int]:
     )
 
 
-def graham(image: Image.Image) -> Image.Image:
+def photo_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Pixels (left, top, right, bottom) of ``square_resize`` of a width x height photo that come from the photo alone.
+
+    ``pad_to_square`` centres the photo at ((side - w) // 2, (side - h) // 2) on black; the bilinear
+    resize to ``size`` then blends black into the pixels whose filter reaches past the photo's edge
+    (``max(scale, 1)`` source pixels either side of a pixel's centre), so those are left out too.
+    """
+    side = max(width, height)
+    scale = side / size
+    reach = max(scale, 1.0) - 0.5
+
+    def span(length: int) -> tuple[int, int]:
+        start = (side - length) // 2
+        end = start + length
+        first = 0 if start == 0 else int(np.ceil((start + reach) / scale - 0.5 - 1e-9))
+        last = size if end == side else int(np.floor((end - reach) / scale - 0.5 + 1e-9)) + 1
+        return first, max(first, last)
+
+    left, right = span(width)
+    top, bottom = span(height)
+    return left, top, right, bottom
+
+
+def disc_circle(box: tuple[int, int, int, int], width: int, height: int, size: int) -> tuple[float, float, float]:
+    """Centre (x, y) and radius, in pixels of the ``size`` square, of the disc cropped to ``box`` of a photo.
+
+    ``width`` and ``height`` are the photo's. The radius is half the box's longer side (a disc is cut off
+    along its shorter one, if at all). Along an axis where the disc touches one edge of the photo only, it
+    is cut off there: its centre lies a radius from the other edge. Otherwise it is centred in the box,
+    which ``pad_to_square`` centres in the square.
+    """
+    left, top, right, bottom = box
+    crop_width, crop_height = right - left, bottom - top
+    radius = max(crop_width, crop_height) / 2
+
+    def centre(start: int, end: int, full: int) -> float:
+        if start == 0 and end < full:
+            return end - start - radius
+        if start > 0 and end == full:
+            return radius
+        return (end - start) / 2
+
+    side = max(crop_width, crop_height)
+    scale = size / side
+    x = ((side - crop_width) // 2 + centre(left, right, width)) * scale - 0.5
+    y = ((side - crop_height) // 2 + centre(top, bottom, height)) * scale - 0.5
+    return x, y, radius * scale
+
+
+def graham(
+    image: Image.Image,
+    photo: tuple[int, int, int, int] | None = None,
+    disc: tuple[float, float, float] | None = None,
+) -> Image.Image:
     """Ben Graham's local-average subtraction: ``4*img - 4*blur + 128``, grey outside 90% of the disc.
 
     As in his Kaggle 2015 code, sigma is the disc radius / 30 (the disc fills the square, so size/60).
+    The average is taken over valid pixels only, by normalised convolution, blur(img * valid) / blur(valid):
+    those inside ``photo`` (the box of the square that came from the photo, see ``photo_box``; default
+    the whole square) and inside 90% of ``disc`` (centre x, y and radius, see ``disc_circle``; default
+    centred, filling the square). So the black padding of a disc cut off at the top and bottom does not
+    leak into the retina along the cut. Everything outside the valid region is grey (128).
     """
     size = image.size[0]
-    pixels = np.asarray(image, dtype=np.float32)
-    blurred = np.asarray(image.filter(ImageFilter.GaussianBlur(size / 60)), dtype=np.float32)
-    out = np.clip(np.rint(4 * pixels - 4 * blurred + 128), 0, 255)
+    left, top, right, bottom = photo or (0, 0, size, size)
+    centre_x, centre_y, radius = disc or ((size - 1) / 2, (size - 1) / 2, size / 2)
     yy, xx = np.mgrid[:size, :size]
-    centre = (size - 1) / 2
-    outside = (yy - centre) ** 2 + (xx - centre) ** 2 > (GRAHAM_MASK_RADIUS * size / 2) ** 2
-    out[outside] = 128
-    return Image.fromarray(out.astype(np.uint8))
+    valid = (yy - centre_y) ** 2 + (xx - centre_x) ** 2 <= (GRAHAM_MASK_RADIUS * radius) ** 2
+    valid &= (yy >= top) & (yy < bottom) & (xx >= left) & (xx < right)
+    pixels = np.asarray(image, dtype=np.float32)
+    channels = pixels.reshape(size, size, -1)
+    out = np.full(channels.shape, 128, dtype=np.uint8)
+    rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
+    if len(rows):
+        # Pixels outside the valid box weigh nothing: blur only the box, as if zero beyond it.
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        mask = valid[box][..., None].astype(np.float32)
+        stacked = np.concatenate([channels[box] * mask, mask], axis=2)
+        sums = ndimage.gaussian_filter(stacked, sigma=(size / 60, size / 60, 0), mode="constant")
+        average = sums[..., :-1] / np.maximum(sums[..., -1:], 1e-6)
+        graded = np.clip(np.rint(4 * channels[box] - 4 * average + 128), 0, 255).astype(np.uint8)
+        out[box] = np.where(mask > 0, graded, 128)
+    return Image.fromarray(out.reshape(pixels.shape))
 
 
 def preprocess_image(src: Path, dst: Path, size: int, use_graham: bool) -> None:
     """Crop to the disc, pad to square, resize; write ``dst`` atomically in the format its suffix names."""
-    image = load_rgb(src, draft_size=2 * size)
-    image = square_resize(image.crop(disc_box(image)), size)
+    photo = load_rgb(src, draft_size=2 * size)
+    box = disc_box(photo)
+    crop = photo.crop(box)
+    image = square_resize(crop, size)
     if use_graham:
-        image = graham(image)
+        image = graham(image, photo_box(*crop.size, size), disc_circle(box, *photo.size, size))
     is_png = dst.suffix.lower() == ".png"
     with atomic_path(dst) as tmp:
         if is_png:
@@ -113,14 +187,20 @@ def preprocess(
     layout = resolve_layout(src, layout)
     settings = PreprocessSettings(size, use_graham, layout)
     _claim(dst, settings)
+    remove_stale_temp_files(dst, recursive=True)  # left by a run killed while writing
     sources = sorted({path for split in SPLITS for path in read_split(src, split, layout).paths})
     pending = [path for path in sources if not (dst / path.relative_to(src)).exists()]
     tasks = [(path, (path, dst / path.relative_to(src), size, use_graham)) for path in pending]
     failed = []
     outcomes = parallel_map(preprocess_image, tasks, workers=workers, desc="preprocessing", progress=progress)
-    for path, _, error in outcomes:
-        if error:
-            failed.append((path.relative_to(src).as_posix(), error))
+    try:
+        for path, _, error in outcomes:
+            if error:
+                failed.append((path.relative_to(src).as_posix(), error))
+    except DiskFullError as full:  # the label CSVs are not written: DST must not look complete
+        raise DiskFullError(f"{full}; free some space and rerun the same command: the finished images are kept "
+                            f"and only the rest is done") from None
+    # Last: a run stopped by a full disk or a kill leaves no label CSVs, so DST never looks complete.
     for table in LAYOUTS[layout].tables:
         if (src / table).is_file():
             with atomic_path(dst / table) as tmp:

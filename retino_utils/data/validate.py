@@ -19,7 +19,16 @@ from ..atomic import write_json
 from ..errors import RetinoError
 from .cachedir import dataset_cache_dir, derived_prefix, remove_stale
 from .images import decode_problem
-from .layouts import SPLITS, ScannedSplit, SplitIndex, resolve_layout, scan_split
+from .layouts import (
+    SPLITS,
+    ScannedSplit,
+    SplitIndex,
+    nested_folder_message,
+    nested_image_folder,
+    resolve_layout,
+    scan_split,
+    shared_photos,
+)
 from .parallel import parallel_map
 
 PROBLEMS_SHOWN = 20
@@ -38,8 +47,11 @@ class ValidationReport:
         return not self.problems
 
     def format(self, limit: int = PROBLEMS_SHOWN) -> str:
-        table = self.counts.rename(columns={g: f"{g} {GRADE_NAMES[g]}" for g in GRADES})
-        lines = [f"{self.root} ({self.layout} layout): images per grade", table.to_string(), ""]
+        lines = [f"{self.root} ({self.layout} layout)"]
+        if len(self.counts):
+            table = self.counts.rename(columns={g: f"{g} {GRADE_NAMES[g]}" for g in GRADES})
+            lines[0] += ": images per grade"
+            lines += [table.to_string(), ""]
         if self.ok:
             lines.append("OK: no problems found")
             return "\n".join(lines)
@@ -75,13 +87,16 @@ def validate(
         counts[split] = [*index.grade_counts().tolist(), len(index)]
         if not len(index):
             problems.append((f"{split} split", "no entries (an empty split cannot be trained or tested on)"))
-        problems += _duplicates_within(scan)
         bad = image_problems(index, workers=workers, progress=progress)
         bad_names[split] = set(bad)
         where = {name: path for name, path in zip(index.names, index.paths)}
+        nested = nested_image_folder(index)
+        if nested:  # one line for the whole folder, not one "file not found" per image
+            problems.append((f"{split} split", nested_folder_message(index, nested)))
+            bad = {name: reason for name, reason in bad.items() if where[name] not in nested[2]}
         problems += [(_relative(root, where[name]), reason) for name, reason in bad.items()]
     if len(scanned) == len(SPLITS):
-        problems += _duplicates_across(*scanned.values())
+        problems += shared_photos(scanned["train"].index, scanned["test"].index)
     table = pd.DataFrame.from_dict(counts, orient="index", columns=[*GRADES, "total"])
     return ValidationReport(root, layout, problems, table, bad_names)
 
@@ -116,23 +131,6 @@ def image_problems(index: SplitIndex, workers: int | None = None, progress: bool
 def _add_new(problems: list[tuple[str, str]], found: list[tuple[str, str]]) -> None:
     """Add problems not already listed (Kaggle and APTOS read one table for both splits)."""
     problems += [problem for problem in found if problem not in problems]
-
-
-def _duplicates_within(scan: ScannedSplit) -> list[tuple[str, str]]:
-    first: dict[str, str] = {}
-    problems = []
-    for name, source in zip(scan.index.names, scan.sources):
-        if name in first:
-            problems.append((source, f"name {name!r} repeats {first[name]} ({scan.index.split} split)"))
-        else:
-            first[name] = source
-    return problems
-
-
-def _duplicates_across(train: ScannedSplit, test: ScannedSplit) -> list[tuple[str, str]]:
-    in_train = dict(zip(train.index.names, train.sources))
-    shared = {name: source for name, source in zip(test.index.names, test.sources) if name in in_train}
-    return [(source, f"name {name!r} is also in the train split ({in_train[name]})") for name, source in shared.items()]
 
 
 def _relative(root: Path, path: Path) -> str:
