@@ -25,23 +25,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from retino_utils import NUM_CLASSES, data
 from retino_utils.atomic import write_json
 from retino_utils.config import RECIPES, TrainConfig
-from retino_utils.device import resolve_device, use_bf16, use_channels_last
-from retino_utils.distributed import DistContext
+from retino_utils.device import resolve_device
 from retino_utils.engine import evaluate, train_one_epoch
 from retino_utils.errors import RetinoError, run_cli
-from retino_utils.loaders import build_run_data
-from retino_utils.losses import build_loss
 from retino_utils.metrics import compute_metrics
-from retino_utils.models import build_model
+from retino_utils.optim import build_optimizer
 from retino_utils.paths import BUILD_DIR, SHARED_DATA_DIR, cache_root
 from retino_utils.results import load_run
 from retino_utils.synthetic import cached_dataset
 from retino_utils.train import fit
+from retino_utils.trainer import build_components
 
 REAL_DATA = SHARED_DATA_DIR / "eyepacs-dev"
 RECIPE_LABELS = {"reports": "reports' recipe (CE, SGD 1e-3, flips)", "best-cpu": "ours (--recipe best-cpu)"}
@@ -73,15 +70,10 @@ def recipe_config(recipe: str, args, epochs: int) -> TrainConfig:
 
 def seconds_per_epoch(config: TrainConfig) -> float:
     """Estimated wall time of one epoch: a few timed training and evaluation batches, scaled up."""
-    device = resolve_device(config.device)
-    bf16, channels_last = use_bf16(device, config.precision), use_channels_last(device)
-    model = build_model(config.arch, None, num_classes=1 if config.is_regression else NUM_CLASSES).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    run_data = build_run_data(config, device, DistContext(), channels_last)  # builds the caches fit reuses
-    loss_fn = build_loss(config.loss, class_counts=np.bincount(run_data.train.labels, minlength=NUM_CLASSES))
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    common = dict(device=device, bf16=bf16, show_progress=False)
+    parts = build_components(config, resolve_device(config.device))  # builds the caches fit reuses
+    model, loss_fn, run_data = parts.model, parts.loss_fn, parts.data
+    optimizer = build_optimizer(model.parameters(), config)
+    common = dict(device=parts.device, bf16=parts.bf16, show_progress=False)
     train_one_epoch(model, loss_fn, optimizer, _FirstBatches(run_data.train_loader, 1), **common)  # warm-up
     trained = train_one_epoch(model, loss_fn, optimizer, _FirstBatches(run_data.train_loader, PROBE_BATCHES), **common)
     evaluated = evaluate(model, loss_fn, _FirstBatches(run_data.eval_loader, PROBE_BATCHES), **common)

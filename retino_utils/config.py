@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -22,68 +24,69 @@ RECIPES: dict[str, dict] = {
     "best-cpu": {"lr": 0.003, "schedule": "onecycle", "rotation": 180.0, "loss": "mse", "sampler": "weighted"},
 }
 
-CHOICES = {
-    "arch": ("resnet18", "resnet50"),
-    "impl": ("torchvision", "native"),
-    "loss": ("ce", "wce", "focal", "mse", "smooth_l1"),
-    "sampler": ("none", "weighted"),
-    "schedule": ("none", "cosine", "onecycle"),
-    "normalize": ("auto", "dataset", "imagenet", "report"),
-    "class_weighting": ("inverse", "report002"),
-    "loader": ("cache", "pil"),
-    "precision": ("auto", "bf16", "fp32"),
-    "best_metric": ("accuracy", "qwk", "last"),
-    "layout": ("auto", "lab", "kaggle", "aptos"),
-}
+def setting(default, help: str):
+    """A field with its ``--help`` text, so a setting and its documentation are one line."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
 
 # Settings that change how a run is executed but not what it computes: a resumed run may differ in them.
 RUNTIME_FIELDS = ("out", "resume", "device", "progress", "workers", "compile")
+REGRESSION_LOSSES = ("mse", "smooth_l1")  # losses that train the one-output (ordinal regression) head
 
 
 @dataclass
 class TrainConfig:
-    data: str = ""
-    out: str = ""
-    arch: str = "resnet18"
-    weights: str | None = None  # None, "imagenet", or a path to a state dict
-    impl: str = "torchvision"
+    """Every training setting, declared once: the CLI flags, the notebooks' ``settings`` and the run's
+    ``config.yaml`` all come from these fields (a ``Literal`` type lists a setting's choices)."""
+
+    data: str = setting("", "dataset folder (lab, kaggle or aptos layout)")
+    out: str = setting("", "run folder for checkpoints, history.csv, predictions.csv, metrics.json")
+    arch: Literal["resnet18", "resnet50"] = "resnet18"
+    weights: str | None = setting(None, "none | imagenet | PATH to a state dict or checkpoint")
+    impl: Literal["torchvision", "native"] = setting("torchvision", "native = the ResNets built from their "
+                                                     "blocks, as reports 003/004 did (same weights and outputs)")
     epochs: int = 10
-    fe_epochs: int = 0  # leading feature-extraction epochs: backbone frozen, head trained
+    fe_epochs: int = setting(0, "leading feature-extraction epochs (backbone frozen, only the head trains)")
     batch_size: int = 32
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "none"
+    schedule: Literal["none", "cosine", "onecycle"] = "none"
+    warmup_epochs: int = setting(0, "linear warm-up epochs at the start of fine-tuning (none/cosine schedules)")
     image_size: int = 256
-    loss: str = "ce"
+    loss: Literal["ce", "wce", "focal", "mse", "smooth_l1"] = "ce"
     focal_gamma: float = 2.0
-    class_weighting: str = "inverse"
-    sampler: str = "none"
+    class_weighting: Literal["inverse", "report002"] = setting("inverse", "class weights of wce (and focal alpha)")
+    sampler: Literal["none", "weighted"] = setting("none", "weighted = every grade drawn equally often")
     hflip: bool = True
     vflip: bool = True
-    rotation: float = 0.0
-    normalize: str = "auto"
-    layout: str = "auto"
-    test_fraction: float = 0.2  # Kaggle/APTOS layouts: share of patients held out as the test split
+    rotation: float = setting(0.0, "degrees of random rotation (180 = any angle)")
+    normalize: Literal["auto", "dataset", "imagenet", "report"] = setting(
+        "auto", "auto = ImageNet stats for ImageNet weights, the training split's own otherwise")
+    layout: Literal["auto", "lab", "kaggle", "aptos"] = "auto"
+    test_fraction: float = setting(0.2, "kaggle/aptos layouts: share of patients held out as the test split")
     split_seed: int = 0
-    holdout: float = 0.0  # >0: evaluate on this stratified share of the training split, not the test split
-    skip_bad: bool = False
-    loader: str = "cache"
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
+    holdout: float = setting(0.0, "evaluate on this stratified share of the training split instead of the test split")
+    skip_bad: bool = setting(False, "leave out images that validation finds missing or undecodable")
+    loader: Literal["cache", "pil"] = setting(
+        "cache", "cache = decoded uint8 cache + batch augmentation (fast); pil = per-image PIL pipeline")
+    workers: int | None = setting(None, "processes for decoding (default: all cores)")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N | mps")
+    precision: Literal["auto", "bf16", "fp32"] = setting(
+        "auto", "auto = bf16 autocast where the hardware has native bf16, fp32 elsewhere")
+    compile: bool = setting(False, "torch.compile the model")
     seed: int = 0
-    deterministic: bool = False
-    best_metric: str = "accuracy"
-    tta: bool = False
-    progress: bool = True
-    resume: bool = False
-    recipe: str | None = None
+    deterministic: bool = setting(False, "deterministic algorithms (slower; bit-identical reruns)")
+    best_metric: Literal["accuracy", "qwk", "last"] = setting(
+        "accuracy", "which epoch's checkpoint is kept (last = the final one)")
+    tta: bool = setting(False, "average predictions over flips for the final predictions")
+    progress: bool = setting(True, "progress bars (--no-progress for batch runs)")
+    resume: bool = setting(False, "continue an interrupted run in --out (or reuse a finished one)")
+    recipe: str | None = setting(None, "named settings; explicit ones override them")
 
     def __post_init__(self) -> None:
         self.weights = normalize_weights(self.weights)
-        for name, allowed in CHOICES.items():
+        for name, allowed in choices(type(self)).items():
             value = getattr(self, name)
             if value not in allowed:
                 raise RetinoError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
@@ -96,10 +99,12 @@ class TrainConfig:
             raise RetinoError(f"fe_epochs must be between 0 and epochs ({self.epochs}), got {self.fe_epochs}")
         if not 0 <= self.holdout < 1:
             raise RetinoError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.warmup_epochs < 0:
+            raise RetinoError(f"warmup_epochs must be 0 or more, got {self.warmup_epochs}")
 
     @property
     def is_regression(self) -> bool:
-        return self.loss in ("mse", "smooth_l1")
+        return self.loss in REGRESSION_LOSSES
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -131,6 +136,17 @@ class TrainConfig:
         given = {k: v for k, v in explicit.items() if v is not None}
         return cls.from_dict({**RECIPES.get(recipe, {}), **given, "recipe": recipe})
 
+    @classmethod
+    def from_settings(cls, settings: dict, **paths) -> "TrainConfig":
+        """A run's config from a ``settings`` dict (pipeline.yaml, notebook 02) and its folders."""
+        return cls.with_recipe(**{**settings, **paths})
+
+
+def choices(config_class: type = None) -> dict[str, tuple[str, ...]]:
+    """The allowed values of every setting typed as a ``Literal`` (of TrainConfig by default)."""
+    hints = typing.get_type_hints(config_class or TrainConfig)
+    return {name: typing.get_args(hint) for name, hint in hints.items() if typing.get_origin(hint) is Literal}
+
 
 def normalize_weights(weights) -> str | None:
     if weights is None:
@@ -145,11 +161,11 @@ def save_config(config: TrainConfig, path: Path) -> None:
     write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def load_config(path: Path) -> TrainConfig:
+def load_config(path: Path, config_class: type[TrainConfig] = TrainConfig) -> TrainConfig:
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise RetinoError(f"cannot read config {path}: {exc}") from None
     if not isinstance(values, dict):
         raise RetinoError(f"config {path} is not a mapping of settings")
-    return TrainConfig.from_dict(values)
+    return config_class.from_dict(values)

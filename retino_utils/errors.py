@@ -7,15 +7,24 @@ from typing import Callable, Sequence
 
 
 class RetinoError(Exception):
-    """Bad input or environment: the message is one line that names the thing and what to do."""
+    """Bad input or environment: the message is one line that names the thing and what to do.
+
+    ``code`` is stable across releases and processes (events, the report), unlike the message.
+    """
+
+    code = "bad-input"
 
 
 class DiskFullError(RetinoError):
     """A write ran out of space; whatever was there before the write is left intact."""
 
+    code = "disk-full"
+
 
 class WeightsUnavailableError(RetinoError):
     """ImageNet weights are neither in the torch hub cache nor downloadable from here."""
+
+    code = "weights-unavailable"
 
 
 def format_bytes(size: float) -> str:

@@ -14,14 +14,6 @@ from retino_utils.errors import RetinoError
 REFERABLE_GRADE = 2  # moderate DR or worse is referred to an ophthalmologist
 
 
-def referable_score_from_probs(probs) -> np.ndarray:
-    """Probability of referable DR (grade >= 2): the summed softmax probabilities of grades 2..4."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[1] <= REFERABLE_GRADE:
-        raise RetinoError(f"class probabilities must have shape (N, {NUM_CLASSES}), got {probs.shape}")
-    return probs[:, REFERABLE_GRADE:].sum(axis=1)
-
-
 def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], referable_score: Sequence[float] | None = None,
                     num_classes: int = NUM_CLASSES) -> dict:
     """Accuracy, QWK, macro F1, per-grade recall/precision, confusion matrices and referable-DR figures.

@@ -8,12 +8,13 @@ import torch
 import torchvision
 from torch import nn
 
+from retino_utils.config import choices
 from retino_utils.errors import RetinoError
 from retino_utils.imagenet import imagenet_weights_file, unavailable_error, unavailable_reason
 from retino_utils.resnet_native import resnet18_native, resnet50_native
 
-ARCHS = ("resnet18", "resnet50")
-IMPLS = ("torchvision", "native")
+ARCHS = choices()["arch"]
+IMPLS = choices()["impl"]
 HEAD = "fc"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 

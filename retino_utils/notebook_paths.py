@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .paths import BUILD_DIR, FIGURES_DIR
+from .pipeline import load_pipeline, runs_in_group
 
 DEMO_DIR = BUILD_DIR / "demo"
 
@@ -16,9 +17,12 @@ def data_dir(value: str = "") -> Path:
     """``value``, or the demo's synthetic data (generated here on first use, as the report would)."""
     if value:
         return Path(value)
-    from .report import load_pipeline, synthetic_data
+    from .synthetic import profile_dataset
 
-    return synthetic_data(load_pipeline()["profiles"]["demo"]["synthetic"], DEMO_DIR / "data")
+    folder = DEMO_DIR / "data"
+    if not (folder / "train_img.csv").is_file():
+        print(f"generating the demo's synthetic fundus photos in {folder} (once; about a minute)", flush=True)
+    return profile_dataset(load_pipeline()["profiles"]["demo"]["synthetic"], folder, progress=True)
 
 
 def figures_dir(value: str = "") -> Path:
@@ -31,8 +35,8 @@ def run_dir(value: str, name: str) -> Path:
     return Path(value) if value else DEMO_DIR / "runs" / name
 
 
-def run_dirs(given: dict, names) -> dict[str, Path]:
-    """The runs a notebook reads: the ones given, or the demo build's runs of these names."""
+def group_runs(given: dict, group: str) -> dict[str, Path]:
+    """The runs a notebook reads: the ones given, or the demo build's runs of this pipeline group."""
     if given:
         return {name: Path(path) for name, path in given.items()}
-    return {name: run_dir("", name) for name in names}
+    return {name: run_dir("", name) for name in runs_in_group(load_pipeline(), group)}

@@ -1,6 +1,8 @@
-"""The report's figures. Each function returns a matplotlib Figure; ``save_figure`` writes a PNG atomically.
+"""The report's figures, drawn with seaborn from tidy frames. Each function returns a matplotlib Figure;
+``save_figure`` writes a PNG atomically.
 
-No backend is chosen here: notebooks draw inline, scripts get matplotlib's default.
+The house style is set here and nowhere else (``HOUSE_STYLE``). No backend is chosen: notebooks draw
+inline, scripts get matplotlib's default.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 
 from . import GRADE_NAMES, GRADES
 from .atomic import atomic_path
 
+HOUSE_STYLE = {"style": "ticks", "context": "notebook", "palette": "tab10", "font_scale": 0.9}
+sns.set_theme(**HOUSE_STYLE)
+
 GRADE_LABELS = [f"{g}\n{n}" for g, n in zip(GRADES, GRADE_NAMES)]
-SPLIT_COLORS = {"train": "#1f77b4", "test": "#ff7f0e", "holdout": "#2ca02c"}
+SPLIT_LABELS = {"train": "train", "test": "test"}
 CMAP = "Blues"
 
 
@@ -30,22 +36,20 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
 
 def grade_distribution(counts: Mapping[str, Sequence[int]]) -> Figure:
     """Share of each grade per split, bars annotated with counts: the imbalance at a glance."""
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(counts)
-    for i, (split, values) in enumerate(counts.items()):
+    rows = []
+    for split, values in counts.items():
         values = np.asarray(values, dtype=float)
-        shares = values / values.sum()
-        x = np.arange(len(GRADES)) + (i - (len(counts) - 1) / 2) * width
-        bars = ax.bar(x, 100 * shares, width, label=f"{split} ({int(values.sum())} images)",
-                      color=SPLIT_COLORS.get(split))
-        for bar, count in zip(bars, values):
-            ax.annotate(f"{int(count)}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(range(len(GRADES)), GRADE_LABELS)
-    ax.set_ylabel("share of images (%)")
-    ax.set_title("Images per grade")
-    ax.legend(frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
+        for grade, count in zip(GRADES, values):
+            rows.append({"grade": GRADE_LABELS[grade], "split": f"{split} ({int(values.sum())} images)",
+                         "share of images (%)": 100 * count / values.sum(), "count": int(count)})
+    frame = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.barplot(frame, x="grade", y="share of images (%)", hue="split", ax=ax)
+    for container, (_, split) in zip(ax.containers, frame.groupby("split", sort=False)):
+        ax.bar_label(container, labels=split["count"].tolist(), fontsize=8, padding=2)
+    ax.set(xlabel="", title="Images per grade")
+    ax.legend(frameon=False, title=None)
+    sns.despine(fig)
     fig.tight_layout()
     return fig
 
@@ -68,6 +72,16 @@ def sample_grid(samples: Mapping[int, Sequence[np.ndarray]], title: str | None =
     return fig
 
 
+def history_long(history: pd.DataFrame, label: str | None = None) -> pd.DataFrame:
+    """A run's history as one row per (epoch, split): the tidy form seaborn draws from."""
+    parts = []
+    for split in SPLIT_LABELS:
+        part = history[["epoch", "phase", f"{split}_acc", f"{split}_loss"]].rename(
+            columns={f"{split}_acc": "accuracy", f"{split}_loss": "loss"})
+        parts.append(part.assign(split=split, run=label, **{"accuracy (%)": 100 * part["accuracy"]}))
+    return pd.concat(parts, ignore_index=True)
+
+
 def _shade_feature_extraction(ax, history: pd.DataFrame) -> None:
     fe = history[history.phase == "fe"]
     if len(fe):
@@ -75,105 +89,92 @@ def _shade_feature_extraction(ax, history: pd.DataFrame) -> None:
         ax.text(0.6, 0.02, "backbone frozen", transform=ax.get_xaxis_transform(), fontsize=8, color="0.4")
 
 
+def _baseline(ax, baseline: float | None) -> None:
+    if baseline is not None:
+        ax.axhline(100 * baseline, ls=":", color="0.3", label="always grade 0")
+
+
 def training_curves(history: pd.DataFrame, title: str = "", baseline: float | None = None) -> Figure:
     """Accuracy and loss per epoch on the training and evaluated splits."""
+    frame = history_long(history)
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, column, name in ((acc_ax, "acc", "accuracy (%)"), (loss_ax, "loss", "loss")):
-        scale = 100 if column == "acc" else 1
+    for ax, column in ((acc_ax, "accuracy (%)"), (loss_ax, "loss")):
         _shade_feature_extraction(ax, history)
-        ax.plot(history.epoch, scale * history[f"train_{column}"], "o-", label="train")
-        ax.plot(history.epoch, scale * history[f"test_{column}"], "s-", label="test")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.spines[["top", "right"]].set_visible(False)
-    if baseline is not None:
-        acc_ax.axhline(100 * baseline, ls=":", color="0.3", label="always grade 0")
+        sns.lineplot(frame, x="epoch", y=column, hue="split", style="split", markers=True, dashes=False, ax=ax)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    _baseline(acc_ax, baseline)
     acc_ax.legend(frameon=False)
-    acc_ax.xaxis.get_major_locator().set_params(integer=True)
-    loss_ax.xaxis.get_major_locator().set_params(integer=True)
+    loss_ax.legend(frameon=False)
     if title:
         fig.suptitle(title)
+    sns.despine(fig)
     fig.tight_layout()
     return fig
 
 
 def comparison_curves(histories: Mapping[str, pd.DataFrame], title: str, baseline: float | None = None) -> Figure:
     """Train and test accuracy per epoch for several runs in one axis (as the reports compared them)."""
+    frame = pd.concat([history_long(history, label) for label, history in histories.items()], ignore_index=True)
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, history) in enumerate(histories.items()):
-        color = colors[i % len(colors)]
-        ax.plot(history.epoch, 100 * history.train_acc, "o--", color=color, alpha=0.7, label=f"train: {label}")
-        ax.plot(history.epoch, 100 * history.test_acc, "s-", color=color, label=f"test: {label}")
-    if baseline is not None:
-        ax.axhline(100 * baseline, ls=":", color="0.3", label="always grade 0")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
+    sns.lineplot(frame, x="epoch", y="accuracy (%)", hue="run", style="split", markers=True, ax=ax)
+    _baseline(ax, baseline)
     ax.set_title(title)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    ax.spines[["top", "right"]].set_visible(False)
+    sns.despine(fig)
     fig.tight_layout()
     return fig
 
 
-def draw_confusion(ax, confusion: np.ndarray, title: str = "", vmax: float = 1.0):
-    """A confusion matrix normalised over true grades, each cell annotated; returns the image for a colorbar."""
-    confusion = np.asarray(confusion, dtype=float)
-    image = ax.imshow(confusion, cmap=CMAP, vmin=0, vmax=vmax)
-    for (i, j), value in np.ndenumerate(confusion):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                color="white" if value > 0.6 * vmax else "black")
-    ticks = range(len(GRADES))
-    ax.set_xticks(ticks, [str(g) for g in GRADES])
-    ax.set_yticks(ticks, [f"{g} {n}" for g, n in zip(GRADES, GRADE_NAMES)], fontsize=8)
-    ax.set_xlabel("predicted grade")
-    ax.set_ylabel("true grade")
+def draw_confusion(ax, counts: np.ndarray, title: str = "", colorbar: bool = True):
+    """A confusion matrix normalised over true grades; each cell shows its share and its count of photos."""
+    counts = np.asarray(counts, dtype=float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    labels = np.vectorize(lambda share, n: f"{share:.2f}\n{int(n)}")(shares, counts)
+    rows = [f"{g} {name} (n={int(n)})" for g, name, n in zip(GRADES, GRADE_NAMES, counts.sum(axis=1))]
+    sns.heatmap(pd.DataFrame(shares, index=rows, columns=[str(g) for g in GRADES]), annot=labels, fmt="",
+                annot_kws={"fontsize": 7}, cmap=CMAP, vmin=0, vmax=1, square=True, ax=ax, cbar=colorbar,
+                cbar_kws={"label": "share of the true grade", "shrink": 0.8})
+    ax.set(xlabel="predicted grade", ylabel="true grade")
+    ax.tick_params(axis="y", labelsize=8, rotation=0)
     ax.set_title(title, fontsize=10)
-    return image
 
 
-def confusion_figure(confusion: np.ndarray, title: str) -> Figure:
-    fig, ax = plt.subplots(figsize=(5, 4.3))
-    image = draw_confusion(ax, confusion, title)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true grade")
+def confusion_figure(counts: np.ndarray, title: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    draw_confusion(ax, counts, title)
     fig.tight_layout()
     return fig
 
 
-def confusion_grid(confusions: Mapping[str, np.ndarray | None], ncols: int = 2, missing_note: str = "not run") -> Figure:
-    """Several confusion matrices on one colour scale; a ``None`` entry leaves a labelled empty panel."""
-    nrows = int(np.ceil(len(confusions) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4.1 * nrows), squeeze=False)
-    image = None
-    for ax, (title, confusion) in zip(axes.flat, confusions.items()):
-        if confusion is None:
+def confusion_grid(panels: Mapping[str, np.ndarray | None], ncols: int = 2, missing_note: str = "not run") -> Figure:
+    """Several confusion matrices (counts) on one colour scale; a ``None`` entry leaves a labelled empty panel."""
+    nrows = int(np.ceil(len(panels) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False)
+    for ax, (title, counts) in zip(axes.flat, panels.items()):
+        if counts is None:
             ax.set_axis_off()
             ax.set_title(title, fontsize=10)
             ax.text(0.5, 0.5, missing_note, ha="center", va="center", fontsize=10, color="0.4", wrap=True,
                     transform=ax.transAxes)
         else:
-            image = draw_confusion(ax, confusion, title)
-    for ax in list(axes.flat)[len(confusions):]:
+            draw_confusion(ax, counts, title, colorbar=False)
+    for ax in list(axes.flat)[len(panels):]:
         ax.set_axis_off()
     fig.tight_layout()
-    if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02, label="share of the true grade")
+    mappable = plt.cm.ScalarMappable(cmap=CMAP, norm=plt.Normalize(0, 1))
+    fig.colorbar(mappable, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02, label="share of the true grade")
     return fig
 
 
 def recall_bars(recall: pd.DataFrame) -> Figure:
-    """Recall per grade for several runs: where each loss buys sensitivity on the rare grades."""
+    """Recall per grade for several runs (rows): where each remedy buys sensitivity on the rare grades."""
+    frame = (100 * recall).rename_axis("run").reset_index().melt(id_vars="run", var_name="grade",
+                                                                  value_name="recall (%)")
     fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / len(recall)
-    for i, (run, values) in enumerate(recall.iterrows()):
-        x = np.arange(recall.shape[1]) + (i - (len(recall) - 1) / 2) * width
-        ax.bar(x, 100 * values.to_numpy(dtype=float), width, label=run)
-    ax.set_xticks(range(recall.shape[1]), GRADE_LABELS)
-    ax.set_ylabel("recall (%)")
-    ax.set_ylim(0, 105)
-    ax.set_title("Recall per grade")
+    sns.barplot(frame, x="grade", y="recall (%)", hue="run", ax=ax)
+    ax.set(ylim=(0, 105), xlabel="", title="Recall per grade")
     ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    ax.spines[["top", "right"]].set_visible(False)
+    sns.despine(fig)
     fig.tight_layout()
     return fig

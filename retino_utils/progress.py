@@ -1,4 +1,4 @@
-"""Progress bars that batch runs can switch off (``RETINO_PROGRESS=0``)."""
+"""Progress bars on long work; tqdm's own ``TQDM_DISABLE=1`` silences them all (batch runs, tests)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import os
 from tqdm.auto import tqdm
 
 
-def progress_enabled(enabled: bool | None = None) -> bool:
-    """The environment switch wins; otherwise ``enabled`` (default on)."""
-    if os.environ.get("RETINO_PROGRESS", "1").lower() in ("0", "false", "no", "off"):
-        return False
-    return True if enabled is None else enabled
-
-
 def progress(iterable=None, *, enabled: bool | None = None, **kwargs):
-    """``tqdm.auto.tqdm`` that is silent when disabled; kwargs go to tqdm (desc, total, unit...)."""
-    return tqdm(iterable, disable=not progress_enabled(enabled), dynamic_ncols=True, **kwargs)
+    """``tqdm.auto.tqdm``, silent when ``enabled`` is False or ``TQDM_DISABLE`` is set.
+
+    tqdm reads ``TQDM_*`` variables once, when it is imported; this reads ``TQDM_DISABLE`` at
+    each call, so a process can switch bars off after importing the package.
+    """
+    disabled = enabled is False or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes", "on")
+    return tqdm(iterable, dynamic_ncols=True, disable=disabled, **kwargs)

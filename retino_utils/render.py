@@ -16,16 +16,6 @@ from .atomic import write_text
 from .config import TrainConfig
 from .imagenet import imagenet_weights_file
 
-# Figures shown on the index page, in order, when the notebooks produced them.
-INDEX_FIGURES = (
-    ("comparison_resnet18.png", "ResNet-18: accuracy per epoch with and without pretraining"),
-    ("comparison_resnet50.png", "ResNet-50: accuracy per epoch with and without pretraining"),
-    ("confusion_grid.png", "Confusion matrices of the four main runs (best checkpoints, normalized over true grades)"),
-    ("imbalance_confusion.png", "Class imbalance: confusion matrices per loss / sampler"),
-    ("imbalance_recall.png", "Class imbalance: recall per grade"),
-    ("data_grades.png", "Images per grade"),
-)
-
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2rem auto;
        max-width: 1100px; color: #222; line-height: 1.45; padding: 0 1rem; }
@@ -79,7 +69,7 @@ def _summary_table(results: dict) -> str:
     for name, run in results["runs"].items():
         metrics = run.get("metrics")
         settings = run["settings"]
-        row = {"run": name, "group": run["group"], "arch": settings.get("arch"),
+        row = {"run": name, "groups": ", ".join(run["groups"]), "arch": settings.get("arch"),
                "weights": settings.get("weights") or "none", "loss": settings.get("loss"),
                "sampler": settings.get("sampler"), "status": run["status"]}
         if metrics:
@@ -92,8 +82,11 @@ def _summary_table(results: dict) -> str:
     return pd.DataFrame(rows).fillna("").to_html(index=False, border=0, escape=True)
 
 
-def render_report(ctx, steps: Sequence, results: dict) -> Path:
-    """Write ``OUT/report/index.html`` and one page per executed notebook; returns the index path."""
+def render_report(ctx, steps: Sequence, results: dict, index_figures: Sequence[Sequence[str]]) -> Path:
+    """Write ``OUT/report/index.html`` and one page per executed notebook; returns the index path.
+
+    ``index_figures``: ``(file name, caption)`` pairs shown on the index page where they exist.
+    """
     report_dir = ctx.out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     links = []
@@ -106,7 +99,7 @@ def render_report(ctx, steps: Sequence, results: dict) -> Path:
             notebook_page(executed, page)
         links.append(f'<li><a href="{page.name}">{html.escape(step.name)}</a></li>')
     figures = []
-    for name, caption in INDEX_FIGURES:
+    for name, caption in index_figures:
         path = Path(ctx.figures) / name
         if path.exists():
             figures.append(f"<figure>{_image_tag(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>")

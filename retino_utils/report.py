@@ -11,31 +11,31 @@ every run's metrics to ``OUT/results.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import hashlib
 import json
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from . import GRADES
 from .atomic import write_json
 from .config import TrainConfig, load_config
-from .errors import RetinoError, run_cli
+from .errors import RetinoError, WeightsUnavailableError, run_cli
+from .events import read_events
 from .paths import BUILD_DIR, FIGURES_DIR, NOTEBOOKS_DIR, PACKAGE_DIR
+from .pipeline import PIPELINE_FILE, load_pipeline, run_settings, runs_in_group
 from .results import load_run
+from .synthetic import profile_dataset
 
-PIPELINE_FILE = PACKAGE_DIR / "pipeline.yaml"
-PROFILES = ("demo", "full", "smoke")
 KERNEL = "python3"
-# Training-notebook parameters that are not training settings.
-RUN_PATH_PARAMETERS = ("run_name", "data_dir", "run_dir", "figures_dir", "device")
+ECHO_SECONDS = 0.5  # how often the events of a training notebook are echoed
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Step:
     notebook: Path
     parameters: dict
     run: str | None = None  # the training run this step produces
+    settings: dict | None = None  # that run's settings
     depends: list[str] = field(default_factory=list)
 
 
@@ -55,48 +56,42 @@ class Outcome:
 
 
 # -- the plan -----------------------------------------------------------------------------------------
-def load_pipeline(path: Path = PIPELINE_FILE) -> dict:
-    return yaml.safe_load(Path(path).read_text())
+def fill(template, values: dict):
+    """``"{name}"`` becomes ``values[name]`` (any type); other strings have their ``{name}`` parts filled in."""
+    if isinstance(template, dict):
+        return {key: fill(value, values) for key, value in template.items()}
+    if isinstance(template, str):
+        if template.startswith("{") and template.endswith("}") and template[1:-1] in values:
+            return values[template[1:-1]]
+        return template.format(**{k: v for k, v in values.items() if isinstance(v, str)})
+    return template
 
 
-def run_settings(pipeline: dict, profile: str, run: str) -> dict:
-    """Training settings of ``run`` under ``profile``: defaults < profile train < run < profile overrides."""
-    spec = pipeline["profiles"][profile]
-    settings = {**pipeline["train_defaults"], **(spec.get("train") or {})}
-    settings.update({k: v for k, v in pipeline["runs"][run].items() if k != "group"})
-    for pattern, overrides in (spec.get("runs") or {}).items():
-        if fnmatch.fnmatchcase(run, pattern):
-            settings.update(overrides)
-    return settings
-
-
-def runs_in_group(pipeline: dict, group: str) -> list[str]:
-    return [name for name, spec in pipeline["runs"].items() if spec.get("group") == group]
-
-
-def plan(pipeline: dict, profile: str, data_dir: Path, out: Path, figures: Path, device: str) -> list[Step]:
-    run_dirs = {name: str(out / "runs" / name) for name in pipeline["runs"]}
-    main, imbalance = runs_in_group(pipeline, "main"), runs_in_group(pipeline, "imbalance")
-    train_steps = [f"train/{name}" for name in pipeline["runs"]]
-    common = {"figures_dir": str(figures)}
-    parameters = {
-        "data": {"data_dir": str(data_dir), **common},
-        "comparison": {"run_dirs": run_dirs, "main_runs": main, **common},
-        "confusion": {"run_dirs": {n: run_dirs[n] for n in main}, **common},
-        "imbalance": {"run_dirs": {n: run_dirs[n] for n in imbalance}, "baseline": pipeline["imbalance_baseline"],
-                      "scratch_runs": {n: run_dirs[n] for n in main if "scratch" in n}, **common},
-    }
+def plan(pipeline: dict, profile: str, ctx: "ReportContext") -> list[Step]:
+    """Every notebook execution the pipeline declares, with its parameters and the steps it waits for."""
+    folders = {"data": str(ctx.data_dir), "figures": str(ctx.figures), "out": str(ctx.out)}
+    run_dirs = {name: str(ctx.out / "runs" / name) for name in pipeline["runs"]}
+    train_step: dict[str, str] = {}
     steps: list[Step] = []
     for entry in pipeline["notebooks"]:
         notebook = NOTEBOOKS_DIR / entry["notebook"]
+        template = entry.get("parameters") or {}
         if entry.get("per_run"):
             for name in pipeline["runs"]:
-                params = {"run_name": name, "data_dir": str(data_dir), "run_dir": run_dirs[name], "device": device,
-                          **common, **run_settings(pipeline, profile, name)}
-                steps.append(Step(f"{entry['step']}/{name}", notebook, params, run=name))
-        else:
-            depends = [] if entry["step"] == "data" else train_steps
-            steps.append(Step(entry["step"], notebook, parameters[entry["step"]], depends=depends))
+                settings = run_settings(pipeline, profile, name)
+                if ctx.device != "auto":
+                    settings["device"] = ctx.device
+                values = {**folders, "run": name, "run_dir": run_dirs[name], "settings": settings}
+                step = Step(f"{entry['step']}/{name}", notebook, fill(template, values), name, settings)
+                train_step[name] = step.name
+                steps.append(step)
+            continue
+        parameters, depends = fill(template, folders), list(entry.get("depends") or [])
+        for parameter, group in (entry.get("run_groups") or {}).items():
+            members = runs_in_group(pipeline, group)
+            parameters[parameter] = {name: run_dirs[name] for name in members}
+            depends += [train_step[name] for name in members if name in train_step]
+        steps.append(Step(entry["step"], notebook, parameters, depends=list(dict.fromkeys(depends))))
     return steps
 
 
@@ -147,21 +142,15 @@ def data_fingerprint(data_dir: Path) -> str:
     return hashlib.sha256("".join(parts).encode()).hexdigest()[:20]
 
 
-def intended_config(params: dict) -> TrainConfig:
-    """The TrainConfig the training notebook builds from its parameters (kept in step with it)."""
-    settings = {k: v for k, v in params.items() if k not in RUN_PATH_PARAMETERS}
-    recipe = settings.pop("recipe", None)
-    return TrainConfig.with_recipe(recipe, data=params["data_dir"], out=params["run_dir"], **settings)
-
-
-def discard_stale_run(step: Step) -> None:
+def discard_stale_run(step: Step, data_dir: Path) -> None:
     """A run folder trained with other settings is removed, so the notebook trains afresh."""
     run_dir = Path(step.parameters["run_dir"])
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return
     try:
-        same = load_config(saved).semantic_dict() == intended_config(step.parameters).semantic_dict()
+        wanted = TrainConfig.from_settings(step.settings, data=str(data_dir), out=str(run_dir))
+        same = load_config(saved).semantic_dict() == wanted.semantic_dict()
     except RetinoError:
         same = False
     if not same:
@@ -170,40 +159,76 @@ def discard_stale_run(step: Step) -> None:
 
 
 # -- executing ---------------------------------------------------------------------------------------
-class _EpochEcho:
-    """papermill's stdout sink: echoes the engine's per-epoch and summary lines to the console."""
+class _EventEcho:
+    """Follows a run's events file while its notebook trains and prints one line per event."""
 
-    PREFIXES = ("epoch ", "best epoch", "resuming", "resnet")
+    def __init__(self, run_dir: str | None):
+        self.run_dir, self.offset = run_dir, 0
+        self.error: dict | None = None
+        if run_dir:
+            _, self.offset = read_events(run_dir)  # only what this execution adds
 
-    def __init__(self):
-        self.buffer = ""
+    def poll(self) -> None:
+        if not self.run_dir:
+            return
+        events, self.offset = read_events(self.run_dir, self.offset)
+        for event in events:
+            kind = event.pop("event")
+            if kind == "epoch":
+                print(f"      epoch {event['epoch']} [{event['phase']}]: train acc {event['train_acc']:.1%}, "
+                      f"test acc {event['test_acc']:.1%}, QWK {event['test_qwk']:.3f} ({event['seconds']:.0f}s)",
+                      flush=True)
+            elif kind == "start":
+                print(f"      {event['description']}", flush=True)
+            elif kind == "error":
+                self.error = event
 
-    def write(self, text: str) -> None:
-        self.buffer += text
-        *lines, self.buffer = self.buffer.split("\n")
-        for line in lines:
-            if line.startswith(self.PREFIXES):
-                print(f"      {line}", flush=True)
 
-    def flush(self) -> None:
-        pass
+@contextlib.contextmanager
+def _quiet_kernels():
+    """Kernels started inside inherit TQDM_DISABLE=1 (no progress bars in executed notebooks)."""
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = previous
 
 
 def execute(step: Step, output: Path) -> Outcome:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    echo = _EventEcho(step.parameters.get("run_dir") if step.run else None)
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            papermill.execute_notebook(str(step.notebook), str(output), parameters=step.parameters,
+                                       kernel_name=KERNEL, progress_bar=False, log_output=False,
+                                       cwd=str(NOTEBOOKS_DIR), extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+        except BaseException as exc:  # handed to the main thread below
+            failure.append(exc)
+
     start = time.perf_counter()
-    try:
-        papermill.execute_notebook(str(step.notebook), str(output), parameters=step.parameters, kernel_name=KERNEL,
-                                   progress_bar=False, log_output=False, stdout_file=_EpochEcho(),
-                                   cwd=str(NOTEBOOKS_DIR), extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
-    except PapermillExecutionError as exc:
-        seconds = time.perf_counter() - start
-        if exc.ename == "WeightsUnavailableError":
-            return Outcome("missing", exc.evalue, seconds)
-        return Outcome("failed", f"{exc.ename}: {exc.evalue} (traceback in {output})", seconds)
-    return Outcome("done", "", time.perf_counter() - start)
+    with _quiet_kernels():
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(ECHO_SECONDS)
+            echo.poll()
+    seconds = time.perf_counter() - start
+    if not failure:
+        return Outcome("done", "", seconds)
+    exc = failure[0]
+    if not isinstance(exc, PapermillExecutionError):
+        raise exc
+    if echo.error and echo.error.get("code") == WeightsUnavailableError.code:
+        return Outcome("missing", echo.error["message"], seconds)
+    return Outcome("failed", f"{exc.ename}: {exc.evalue} (traceback in {output})", seconds)
 
 
 @dataclass
@@ -215,8 +240,7 @@ class ReportContext:
     device: str
 
 
-def resolve_context(profile: str, data: str | None, out: str | None, device: str) -> ReportContext:
-    pipeline = load_pipeline()
+def resolve_context(pipeline: dict, profile: str, data: str | None, out: str | None, device: str) -> ReportContext:
     if profile not in pipeline["profiles"]:
         raise RetinoError(f"unknown profile {profile!r}: choose one of {', '.join(pipeline['profiles'])}")
     out_dir = Path(out) if out else BUILD_DIR / profile
@@ -235,28 +259,20 @@ def resolve_context(profile: str, data: str | None, out: str | None, device: str
     return ReportContext(profile, data_dir, out_dir, figures, device)
 
 
-def synthetic_data(spec: dict, folder: Path) -> Path:
-    """A profile's synthetic dataset in ``folder``, generated on first use (instant afterwards)."""
-    from .synthetic import generate_dataset
-
-    return generate_dataset(folder, spec["train"], spec["test"], size=spec["size"], seed=spec["seed"],
-                            lesion_scale=spec.get("lesion_scale", 1.0), progress=False)
-
-
 def prepare_data(ctx: ReportContext, pipeline: dict) -> None:
     spec = pipeline["profiles"][ctx.profile].get("synthetic")
     if spec and ctx.data_dir == ctx.out / "data":
         print(f"[data] synthetic fundus photos in {ctx.data_dir}", flush=True)
-        synthetic_data(spec, ctx.data_dir)
+        profile_dataset(spec, ctx.data_dir)
 
 
 def build_report(profile: str = "demo", data: str | None = None, out: str | None = None, only: str | None = None,
-                 force: bool = False, device: str = "auto") -> int:
+                 force: bool = False, device: str = "auto", pipeline_file: str | Path = PIPELINE_FILE) -> int:
     """Execute and render the report; returns the exit status (non-zero when runs are missing or failed)."""
     started = time.perf_counter()
-    pipeline = load_pipeline()
-    ctx = resolve_context(profile, data, out, device)
-    steps = plan(pipeline, profile, ctx.data_dir, ctx.out, ctx.figures, device)
+    pipeline = load_pipeline(pipeline_file)
+    ctx = resolve_context(pipeline, profile, data, out, device)
+    steps = plan(pipeline, profile, ctx)
     check_parameters(steps)
     selected = [s for s in steps if only is None or fnmatch.fnmatchcase(s.name, only) or s.name.split("/")[0] == only]
     if not selected:
@@ -267,7 +283,6 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
     for folder in ("notebooks", "steps"):
         (ctx.out / folder).mkdir(parents=True, exist_ok=True)
     ctx.figures.mkdir(parents=True, exist_ok=True)
-    os.environ["RETINO_PROGRESS"] = "0"  # kernels inherit it: no progress bars in executed notebooks
 
     hashes: dict[str, str] = {}
     outcomes: dict[str, Outcome] = {}
@@ -288,7 +303,7 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
             if force:
                 shutil.rmtree(step.parameters["run_dir"], ignore_errors=True)
             else:
-                discard_stale_run(step)
+                discard_stale_run(step, ctx.data_dir)
         outcome = execute(step, ctx.out / "notebooks" / f"{step.name.replace('/', '_')}.ipynb")
         outcomes[step.name] = outcome
         write_json(record_path, {"hash": hashes[step.name], "status": outcome.status, "message": outcome.message,
@@ -300,7 +315,7 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
     write_json(ctx.out / "results.json", results)
     from .render import render_report
 
-    index = render_report(ctx, steps, results)
+    index = render_report(ctx, steps, results, pipeline.get("index_figures") or [])
     problems = [(name, r) for name, r in results["runs"].items() if r["status"] != "done"]
     failed = [name for name, o in outcomes.items() if o.status == "failed"]
     print(f"report: {index} ({time.perf_counter() - started:.0f}s)", flush=True)
@@ -321,8 +336,8 @@ def collect_results(ctx: ReportContext, pipeline: dict, steps: Sequence[Step], o
         run = load_run(step.parameters["run_dir"], step.run)
         status = "done" if run is not None else (outcome.status if outcome.status != "skipped" else "missing")
         entry = {"status": status, "message": outcome.message if run is None else "",
-                 "group": pipeline["runs"][step.run].get("group"), "run_dir": step.parameters["run_dir"],
-                 "settings": {k: v for k, v in step.parameters.items() if k not in RUN_PATH_PARAMETERS}}
+                 "groups": pipeline["runs"][step.run].get("groups", []), "run_dir": step.parameters["run_dir"],
+                 "settings": step.settings}
         if run is not None:
             entry["metrics"] = {k: run.metrics[k] for k in ("accuracy", "qwk", "macro_f1", "recall", "precision",
                                                            "referable_sensitivity", "referable_specificity",
@@ -336,7 +351,7 @@ def collect_results(ctx: ReportContext, pipeline: dict, steps: Sequence[Step], o
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m retino_utils.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="demo", choices=PROFILES,
+    parser.add_argument("--profile", default="demo",
                         help="demo: synthetic data, ~10 min on a CPU; full: your data with the reports' settings; "
                              "smoke: tiny, for tests")
     parser.add_argument("--data", help="dataset folder (required for --profile full)")
@@ -344,8 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", help="run only the matching step(s), e.g. data, train, 'train/resnet50_*', imbalance")
     parser.add_argument("--force", action="store_true", help="re-execute steps (and retrain runs) even if unchanged")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps for the training runs")
+    parser.add_argument("--pipeline", default=str(PIPELINE_FILE), help="pipeline file (default: the package's)")
     args = parser.parse_args(argv)
-    return build_report(args.profile, args.data, args.out, args.only, args.force, args.device)
+    return build_report(args.profile, args.data, args.out, args.only, args.force, args.device, args.pipeline)
 
 
 if __name__ == "__main__":

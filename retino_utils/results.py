@@ -34,7 +34,13 @@ class RunResult:
 
     @property
     def confusion(self) -> np.ndarray:
+        """Normalised over true grades (each row sums to one)."""
         return np.asarray(self.metrics["confusion"], dtype=float)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Photos per (true grade, predicted grade)."""
+        return np.asarray(self.metrics["confusion_counts"], dtype=int)
 
 
 def load_run(path: str | Path, name: str | None = None) -> RunResult | None:
@@ -101,32 +107,13 @@ def percent(frame: pd.DataFrame, columns) -> pd.DataFrame:
     return shown
 
 
-# -- tables and sentences the notebooks show (numbers always computed, never typed in) -----------------
+# -- tables the notebooks show (numbers always computed, never typed in) ------------------------------
 ARCH_LABELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}
 
 
-def _fmt(value, spec=".3f") -> str:
+def fmt(value, spec: str = ".3f") -> str:
+    """A figure for the notebooks' text; ``n/a`` where it is undefined (e.g. an AUC with one class)."""
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, spec)
-
-
-def metrics_table(run: RunResult) -> pd.DataFrame:
-    """Per grade: photos in the evaluated split, how often the model predicted it, recall, precision."""
-    counts = np.asarray(run.metrics["confusion_counts"])
-    return pd.DataFrame({
-        "photos": counts.sum(1),
-        "predicted": counts.sum(0),
-        "recall": np.round(run.metrics["recall"], 3),
-        "precision": np.round(run.metrics["precision"], 3),
-    }, index=[f"{g} {n}" for g, n in zip(GRADES, GRADE_NAMES)])
-
-
-def run_summary(run: RunResult) -> str:
-    m = run.metrics
-    return (f"Best epoch {m['best_epoch']} of {len(run.history)}: test accuracy **{m['accuracy']:.1%}** "
-            f"(always answering grade 0 scores {majority_baseline(run):.1%}), QWK **{m['qwk']:.3f}**, "
-            f"macro-F1 **{m['macro_f1']:.3f}**. Referable DR (grade 2 or worse): sensitivity "
-            f"{_fmt(m['referable_sensitivity'], '.1%')}, specificity {_fmt(m['referable_specificity'], '.1%')}, "
-            f"ROC AUC {_fmt(m['referable_auc'])}.")
 
 
 def missing_note(missing: list[str]) -> str:
@@ -138,9 +125,20 @@ def missing_note(missing: list[str]) -> str:
             f"goes where.")
 
 
+def metrics_table(run: RunResult) -> pd.DataFrame:
+    """Per grade: photos in the evaluated split, how often the model predicted it, recall, precision."""
+    counts = run.counts
+    return pd.DataFrame({
+        "photos": counts.sum(1),
+        "predicted": counts.sum(0),
+        "recall": np.round(run.metrics["recall"], 3),
+        "precision": np.round(run.metrics["precision"], 3),
+    }, index=[f"{g} {n}" for g, n in zip(GRADES, GRADE_NAMES)])
+
+
 def confusion_panels(runs: dict[str, RunResult], names: list[str]) -> dict[str, np.ndarray | None]:
-    """Panel title -> normalized confusion matrix, ``None`` for a missing run (an empty labelled panel)."""
-    return {(f"{name}: {runs[name].label}" if name in runs else name): (runs[name].confusion if name in runs else None)
+    """Panel title -> confusion counts, ``None`` for a missing run (an empty labelled panel)."""
+    return {(f"{name}: {runs[name].label}" if name in runs else name): (runs[name].counts if name in runs else None)
             for name in names}
 
 
@@ -148,82 +146,22 @@ def prediction_shares(runs: dict[str, RunResult]) -> pd.DataFrame:
     """Share of test photos each run assigns to each grade, beside the true shares."""
     rows = {}
     for name, run in runs.items():
-        counts = np.asarray(run.metrics["confusion_counts"])
+        counts = run.counts
         rows.setdefault("true grades", counts.sum(1) / counts.sum())
         rows[name] = counts.sum(0) / counts.sum()
     columns = [f"{g} {n}" for g, n in zip(GRADES, GRADE_NAMES)]
     return (100 * pd.DataFrame.from_dict(rows, orient="index", columns=columns)).round(1).astype(str) + "%"
 
 
-def _grade0_share(run: RunResult) -> float:
-    counts = np.asarray(run.metrics["confusion_counts"])
-    return float(counts[:, 0].sum() / counts.sum())
+def grade0_share(run: RunResult) -> float:
+    """Share of the evaluated photos the run calls grade 0."""
+    return float(run.counts[:, 0].sum() / run.counts.sum())
 
 
-def collapse_note(runs: dict[str, RunResult]) -> str:
-    """What the scratch runs answer, measured: how close they are to always answering grade 0."""
-    if not runs:
-        return "No run trained from scratch is available."
-    lines = []
+def pretraining_pairs(runs: dict[str, RunResult]) -> dict[str, dict[str, RunResult]]:
+    """Per architecture, its runs by initialisation (``scratch`` / ``imagenet``), read from their configs."""
+    pairs: dict[str, dict[str, RunResult]] = {}
     for run in runs.values():
-        share, baseline, m = _grade0_share(run), majority_baseline(run), run.metrics
-        verdict = ("it has collapsed onto grade 0" if share >= 0.95 else
-                   "it leans heavily on grade 0" if share >= 0.8 else "it does not collapse onto grade 0")
-        lines.append(f"- **{run.label}** answers grade 0 for {share:.1%} of the test photos (their true share is "
-                     f"{np.asarray(m['confusion_counts'])[0].sum() / m['n']:.1%}): {verdict}. Its accuracy "
-                     f"{m['accuracy']:.1%} is {100 * (m['accuracy'] - baseline):+.1f} points from always answering "
-                     f"grade 0 ({baseline:.1%}), and its QWK is {m['qwk']:.3f} (0 = chance agreement).")
-    return ("Cross entropy is averaged over photos, so with three photos in four at grade 0 the cheapest way "
-            "to lower it early in training is to predict grade 0 with high confidence. From scratch, on a "
-            "small set and with few epochs, the network may never learn the small lesions that "
-            "separate the grades:\n\n" + "\n".join(lines))
-
-
-def pretraining_note(runs: dict[str, RunResult]) -> str:
-    lines = []
-    for arch, label in ARCH_LABELS.items():
-        scratch, imagenet = runs.get(f"{arch}_scratch"), runs.get(f"{arch}_imagenet")
-        if scratch and imagenet:
-            s, p = scratch.metrics, imagenet.metrics
-            lines.append(f"- {label}: ImageNet initialisation reaches {p['accuracy']:.1%} accuracy and QWK "
-                         f"{p['qwk']:.3f}, against {s['accuracy']:.1%} and {s['qwk']:.3f} from scratch "
-                         f"({100 * (p['accuracy'] - s['accuracy']):+.1f} points of accuracy).")
-        elif scratch:
-            lines.append(f"- {label}: only the scratch run is available ({scratch.metrics['accuracy']:.1%} accuracy, "
-                         f"QWK {scratch.metrics['qwk']:.3f}); the pretrained run is missing.")
-    return "\n".join(lines) if lines else "No main run is available yet."
-
-
-def confusion_note(runs: dict[str, RunResult]) -> str:
-    """Where each main run's mistakes go: grade-0 recall, recall on grades 1-4, severe read as moderate."""
-    lines = []
-    for run in runs.values():
-        recall, confusion = run.metrics["recall"], run.confusion
-        lines.append(f"- **{run.label}**: recall {recall[0]:.0%} on grade 0 but {np.mean(recall[1:]):.0%} on average "
-                     f"over grades 1-4; {confusion[1, 0]:.0%} of mild cases are called no DR and {confusion[3, 2]:.0%} "
-                     f"of severe cases moderate.")
-    return "\n".join(lines) if lines else "No run is available yet."
-
-
-def imbalance_note(runs: dict[str, RunResult], baseline: str) -> str:
-    """Accuracy against QWK for the imbalance study, in numbers relative to the baseline run."""
-    if baseline not in runs:
-        return f"The baseline run `{baseline}` is missing, so the remedies cannot be compared with it."
-    base = runs[baseline].metrics
-    lines = []
-    for name, run in runs.items():
-        if name == baseline:
-            continue
-        m = run.metrics
-        lines.append(f"- `{name}`: accuracy {m['accuracy']:.1%} ({100 * (m['accuracy'] - base['accuracy']):+.1f} points), "
-                     f"QWK {m['qwk']:.3f} ({m['qwk'] - base['qwk']:+.3f}), mean recall on grades 1-4 "
-                     f"{np.mean(m['recall'][1:]):.0%} (baseline {np.mean(base['recall'][1:]):.0%}).")
-    best_acc = max(runs, key=lambda n: runs[n].metrics["accuracy"])
-    best_qwk = max(runs, key=lambda n: runs[n].metrics["qwk"])
-    verdict = ("The same run leads on both." if best_acc == best_qwk else
-               "They are different runs: accuracy rewards answering the majority grade, while QWK rewards "
-               "getting the order of the grades right and punishes a severe case called healthy more than a "
-               "near miss.")
-    return (f"Against `{baseline}` (plain cross entropy: accuracy {base['accuracy']:.1%}, QWK {base['qwk']:.3f}):\n\n"
-            + "\n".join(lines)
-            + f"\n\nThe highest accuracy belongs to `{best_acc}` and the highest QWK to `{best_qwk}`. {verdict}")
+        init = "imagenet" if run.config.get("weights") == "imagenet" else "scratch"
+        pairs.setdefault(run.config.get("arch"), {})[init] = run
+    return pairs

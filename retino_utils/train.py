@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from .config import CHOICES, RECIPES, TrainConfig, load_config
+from .config import RECIPES, TrainConfig, load_config
 from .errors import RetinoError, run_cli
+from .events import append_event
 from .imagenet import require_imagenet_weights
 
 if TYPE_CHECKING:
@@ -29,17 +32,25 @@ PROG = "python -m retino_utils.train"
 
 
 def fit(config: TrainConfig | dict, *, on_epoch_end: Callable[[dict], None] | None = None) -> "pd.DataFrame":
-    """Train (or resume, or reuse a finished run) as ``config`` says; returns the per-epoch history."""
-    config = check_config(config)
-    from .trainer import run_training
+    """Train (or resume, or reuse a finished run) as ``config`` says; returns the per-epoch history.
 
-    return run_training(config, on_epoch_end)
-
-
-def check_config(config: TrainConfig | dict) -> TrainConfig:
-    """What can be refused before any heavy import: missing folders, unavailable ImageNet weights."""
+    A refusal (RetinoError) is also recorded as an ``error`` event with its code in the run folder.
+    """
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
+    try:
+        check_config(config)
+        from .trainer import run_training
+
+        return run_training(config, on_epoch_end)
+    except RetinoError as error:
+        if config.out and os.environ.get("RANK", "0") == "0":
+            append_event(config.out, "error", code=error.code, message=str(error))
+        raise
+
+
+def check_config(config: TrainConfig) -> None:
+    """What can be refused before any heavy import: missing folders, unavailable ImageNet weights."""
     if not config.data:
         raise RetinoError("no data folder given: pass --data DIR (a dataset in the lab, kaggle or aptos layout)")
     if not config.out:
@@ -47,52 +58,36 @@ def check_config(config: TrainConfig | dict) -> TrainConfig:
     finished = (Path(config.out) / "metrics.json").is_file() and config.resume
     if config.weights == "imagenet" and not finished:
         require_imagenet_weights(config.arch)
-    return config
 
 
 # -- command line ---------------------------------------------------------------------------------------
-_HELP = {
-    "data": "dataset folder (lab, kaggle or aptos layout)",
-    "out": "run folder for checkpoints, history.csv, predictions.csv, metrics.json",
-    "weights": "none | imagenet | PATH to a state dict",
-    "fe_epochs": "leading feature-extraction epochs (backbone frozen, only the head trains)",
-    "holdout": "evaluate on this stratified share of the training split instead of the test split",
-    "normalize": "auto = ImageNet stats for ImageNet weights, the training split's own otherwise",
-    "loader": "cache = decoded uint8 cache + batch augmentation (fast); pil = per-image PIL pipeline",
-    "precision": "auto = bf16 autocast where the hardware has native bf16, fp32 elsewhere",
-    "resume": "continue an interrupted run in --out (or reuse a finished one)",
-    "tta": "average predictions over flips for the final predictions",
-    "progress": "progress bars (--no-progress for batch runs)",
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(config_class: type[TrainConfig] = TrainConfig) -> argparse.ArgumentParser:
+    """One flag per field of ``config_class``, its type and choices read from the annotation."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", help="YAML file of settings (e.g. a run's config.yaml); flags override it")
     parser.add_argument("--recipe", choices=sorted(RECIPES), help="named settings; explicit flags override them")
-    for field in dataclasses.fields(TrainConfig):
-        if field.name == "recipe":
+    helps = {field.name: field.metadata.get("help", "") for field in dataclasses.fields(config_class)}
+    for name, hint in typing.get_type_hints(config_class).items():
+        if name == "recipe":
             continue
-        flag = "--" + field.name.replace("_", "-")
-        kwargs = {"help": _HELP.get(field.name, "")}
-        if field.name in CHOICES:
-            kwargs["choices"] = CHOICES[field.name]
-        if field.type in ("bool", bool):
+        kwargs: dict = {"help": helps[name]}
+        types = {arg for arg in typing.get_args(hint) if arg is not type(None)} or {hint}
+        if typing.get_origin(hint) is typing.Literal:
+            kwargs["choices"] = typing.get_args(hint)
+        elif hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif field.type in ("int", "int | None"):
-            kwargs["type"] = int
-        elif field.type in ("float",):
-            kwargs["type"] = float
-        parser.add_argument(flag, **kwargs)
+        elif types <= {int, float}:
+            kwargs["type"] = float if float in types else int
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
     return parser
 
 
-def config_from_args(argv: Sequence[str] | None) -> TrainConfig:
-    args = vars(build_parser().parse_args(argv))
-    base = load_config(Path(args.pop("config"))).to_dict() if "config" in args else {}
+def config_from_args(argv: Sequence[str] | None, config_class: type[TrainConfig] = TrainConfig) -> TrainConfig:
+    args = vars(build_parser(config_class).parse_args(argv))
+    base = load_config(Path(args.pop("config")), config_class).to_dict() if "config" in args else {}
     recipe = args.pop("recipe", base.pop("recipe", None))
-    return TrainConfig.with_recipe(recipe, **{**base, **args})
+    return config_class.with_recipe(recipe, **{**base, **args})
 
 
 def resume_command(argv: Sequence[str]) -> str:

@@ -7,7 +7,7 @@ from retino_utils.paths import SHARED_DATA_DIR
 def isolated_cache(tmp_path, monkeypatch):
     """Derived files of read-only folders go to a per-test folder, and progress bars stay quiet."""
     monkeypatch.setenv("RETINO_CACHE", str(tmp_path / "retino-cache"))
-    monkeypatch.setenv("RETINO_PROGRESS", "0")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
 
 
 @pytest.fixture(scope="session")

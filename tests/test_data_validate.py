@@ -100,7 +100,7 @@ def test_truncated_jpeg_and_label_seven_are_both_reported_by_the_cli(tmp_path):
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        env={"RETINO_PROGRESS": "0", "PATH": ""},
+        env={"TQDM_DISABLE": "1", "PATH": ""},
     )
     assert result.returncode == 1, result.stderr
     assert "103_left.jpeg: truncated or corrupt JPEG" in result.stdout

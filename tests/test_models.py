@@ -1,4 +1,3 @@
-import time
 from pathlib import Path
 
 import pytest
@@ -146,26 +145,23 @@ def test_torch_free_weights_lookup_agrees_with_torch(tmp_path, monkeypatch, torc
     }
 
 
-def test_imagenet_offline_without_cache_fails_fast_with_advice(empty_torch_home, monkeypatch):
+def test_imagenet_offline_without_cache_fails_with_advice(empty_torch_home, monkeypatch):
     monkeypatch.setenv("RETINO_OFFLINE", "1")
-    start = time.monotonic()
+    monkeypatch.setattr("retino_utils.imagenet.reachable", lambda *a, **k: pytest.fail("network touched"))
     with pytest.raises(WeightsUnavailableError) as error:
         build_model("resnet18", weights="imagenet")
-    assert time.monotonic() - start < 5
     message = str(error.value)
     assert "resnet18-f37072fd.pth" in message and str(empty_torch_home / "hub" / "checkpoints") in message
     assert "\n" not in message
 
 
-def test_imagenet_unreachable_host_fails_fast(empty_torch_home, monkeypatch):
+def test_imagenet_unreachable_host_is_reported(empty_torch_home, monkeypatch):
     """Without RETINO_OFFLINE, on a machine without network (or with the host unresolvable)."""
     monkeypatch.delenv("RETINO_OFFLINE", raising=False)
     monkeypatch.setitem(imagenet.IMAGENET_URLS, "resnet18",
                         "https://retino-offline-test.invalid/models/resnet18-f37072fd.pth")
-    start = time.monotonic()
-    with pytest.raises(WeightsUnavailableError, match="unreachable"):
+    with pytest.raises(WeightsUnavailableError, match="retino-offline-test.invalid is unreachable"):
         build_model("resnet18", weights="imagenet")
-    assert time.monotonic() - start < 5
 
 
 def test_imagenet_weights_load_from_cache_without_network(empty_torch_home, monkeypatch):

@@ -12,11 +12,10 @@ import nbformat
 import pytest
 import torch
 import torchvision
-import yaml
 
 from retino_utils.errors import RetinoError
 from retino_utils.paths import NOTEBOOKS_DIR
-from retino_utils.report import PIPELINE_FILE, build_report, check_parameters, load_pipeline, plan
+from retino_utils.report import ReportContext, build_report, check_parameters, load_pipeline, plan
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 EXPECTED_FIGURES = [
@@ -28,16 +27,12 @@ EXPECTED_FIGURES = [
 
 
 def run_report(*args, env=None, timeout=900):
-    full_env = {**os.environ, "RETINO_PROGRESS": "0", **(env or {})}
+    full_env = {**os.environ, "TQDM_DISABLE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "retino_utils.report", *map(str, args)], capture_output=True,
                           text=True, env=full_env, timeout=timeout)
 
 
 # -- notebook hygiene ------------------------------------------------------------------------------
-def test_there_are_notebooks():
-    assert len(NOTEBOOKS) >= 5
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_hygiene(path):
     nb = nbformat.read(path, as_version=4)
@@ -57,16 +52,31 @@ def test_notebook_hygiene(path):
 # -- the runner's error paths ----------------------------------------------------------------------
 def test_unknown_and_missing_parameters_are_errors(tmp_path):
     pipeline = load_pipeline()
-    steps = plan(pipeline, "smoke", tmp_path / "data", tmp_path / "out", tmp_path / "fig", "cpu")
+    ctx = ReportContext("smoke", tmp_path / "data", tmp_path / "out", tmp_path / "fig", "cpu")
+    steps = plan(pipeline, "smoke", ctx)
     check_parameters(steps)  # the shipped pipeline fits its notebooks
     train = next(step for step in steps if step.run)
     train.parameters["learning_rate"] = 0.1
     with pytest.raises(RetinoError, match="unknown parameter.*learning_rate"):
         check_parameters(steps)
     del train.parameters["learning_rate"]
-    del train.parameters["epochs"]
-    with pytest.raises(RetinoError, match="epochs.*not given"):
+    del train.parameters["settings"]
+    with pytest.raises(RetinoError, match="settings.*not given"):
         check_parameters(steps)
+
+
+def test_plan_fills_groups_and_waits_for_their_runs(tmp_path):
+    pipeline = load_pipeline()
+    ctx = ReportContext("demo", tmp_path / "data", tmp_path / "out", tmp_path / "fig", "cpu")
+    steps = {step.name: step for step in plan(pipeline, "demo", ctx)}
+    imbalance = steps["imbalance"]
+    group = [name for name, spec in pipeline["runs"].items() if "imbalance" in spec["groups"]]
+    assert imbalance.parameters["run_dirs"] == {name: str(tmp_path / "out" / "runs" / name) for name in group}
+    assert set(imbalance.depends) == {f"train/{name}" for name in group + ["resnet18_scratch", "resnet50_scratch"]}
+    assert steps["data"].depends == []
+    train = steps["train/resnet50_imagenet"]
+    assert train.parameters["settings"] == {"image_size": 80, "epochs": 3, "batch_size": 32, "arch": "resnet50",
+                                            "weights": "imagenet", "fe_epochs": 1, "device": "cpu"}
 
 
 def test_missing_data_folder_is_a_one_line_error(tmp_path):
@@ -81,12 +91,6 @@ def test_missing_data_folder_is_a_one_line_error(tmp_path):
 def test_only_matching_nothing_is_an_error(tmp_path):
     with pytest.raises(RetinoError, match="matches no step"):
         build_report("smoke", out=str(tmp_path / "out"), only="nonesuch")
-
-
-def test_pipeline_profiles_cover_every_run():
-    pipeline = yaml.safe_load(PIPELINE_FILE.read_text())
-    assert set(pipeline["profiles"]) == {"demo", "full", "smoke"}
-    assert pipeline["imbalance_baseline"] in pipeline["runs"]
 
 
 # -- end to end --------------------------------------------------------------------------------------
@@ -172,9 +176,9 @@ def test_papermill_cli_runs_the_training_notebook(smoke_report, tmp_path):
     result = subprocess.run(
         [str(papermill), str(NOTEBOOKS_DIR / "02_training.ipynb"), str(tmp_path / "run.ipynb"),
          "-p", "data_dir", str(out / "data"), "-p", "run_dir", str(tmp_path / "run"), "-p", "figures_dir",
-         str(tmp_path / "fig"), "-p", "arch", "resnet50", "-p", "epochs", "1", "-p", "image_size", "32",
-         "-p", "device", "cpu", "--no-progress-bar"],
-        capture_output=True, text=True, env={**os.environ, "RETINO_PROGRESS": "0"}, timeout=600)
+         str(tmp_path / "fig"), "-y", "settings: {arch: resnet50, epochs: 1, image_size: 32, device: cpu}",
+         "--no-progress-bar"],
+        capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["config"]["arch"] == "resnet50"

@@ -1,4 +1,4 @@
-"""Tables and sentences the notebooks show, checked against sklearn and numpy on made-up runs."""
+"""Tables the notebooks show, checked against sklearn and numpy on made-up runs."""
 
 import json
 
@@ -51,17 +51,18 @@ def test_tables_agree_with_sklearn(runs):
     assert shares.loc["true grades"].tolist() == [f"{100 * s:.1f}%" for s in true_shares]
 
 
-def test_majority_baseline_and_sentences(runs):
+def test_majority_baseline_grade0_share_and_pairs(runs, tmp_path):
     found, y_true, _ = runs
     assert results.majority_baseline(found["collapsed"]) == pytest.approx(np.mean(y_true == 0))
-    note = results.collapse_note(found)
-    assert "it has collapsed onto grade 0" in note and "does not collapse" in note
-    assert "+0.0 points" in note  # the collapsed run scores exactly the majority baseline
-    imbalance = results.imbalance_note(found, "collapsed")
-    assert "`learned`" in imbalance and "highest QWK to `learned`" in imbalance
-    assert "baseline run `nonesuch` is missing" in results.imbalance_note(found, "nonesuch")
+    assert results.grade0_share(found["collapsed"]) == 1.0
+    assert results.grade0_share(found["learned"]) == pytest.approx(np.mean(found["learned"].counts[:, 0].sum() / 200))
     panels = results.confusion_panels(found, ["collapsed", "absent"])
     assert list(panels.values())[1] is None
+    assert np.array_equal(list(panels.values())[0][:, 0], np.bincount(y_true, minlength=5))
+    pretrained = make_run(tmp_path / "pretrained", y_true, y_true, [70, 10, 10, 5, 5], weights="imagenet")
+    pairs = results.pretraining_pairs({"learned": found["learned"], "pretrained": results.load_run(pretrained)})
+    assert set(pairs) == {"resnet18"} and pairs["resnet18"]["imagenet"].name == "pretrained"
+    assert pairs["resnet18"]["scratch"].name == "learned"
 
 
 def test_data_summaries(tmp_path):
@@ -70,8 +71,8 @@ def test_data_summaries(tmp_path):
     table = data.grade_table(splits)
     assert table[("train", "photos")].iloc[:5].tolist() == np.bincount(splits["train"].labels, minlength=5).tolist()
     assert table.loc["total", ("test", "photos")] == 10
-    assert "2 times their real size" in data.provenance_note(root)
-    assert "synthetic" not in data.provenance_note(tmp_path)
+    assert data.synthetic_record(root)["lesion_scale"] == 2.0
+    assert data.synthetic_record(tmp_path) is None
     sizes = data.image_size_table(splits["train"])
     assert sizes.loc["64 x 64", "photos"] == 40
     samples = data.samples_per_grade(splits["train"], per_grade=3, image_size=32)

@@ -132,7 +132,7 @@ def test_bad_arguments_are_refused(tmp_path, kwargs):
 
 
 def test_cli_writes_the_dataset_and_a_summary(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("RETINO_PROGRESS", "0")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
     argv = ["--out", str(tmp_path / "ds"), "--train", "5", "--test", "5", "--size", "32", "--seed", "2",
             "--shares", "60,10,10,10,10", "--workers", "1"]
     assert main(argv) == 0

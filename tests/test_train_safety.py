@@ -34,7 +34,7 @@ def data(tiny_dataset, tmp_path):
 
 
 def cli(*args, env=None, **kwargs):
-    full_env = {**os.environ, "RETINO_PROGRESS": "0", **(env or {})}
+    full_env = {**os.environ, "TQDM_DISABLE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "retino_utils.train", *map(str, args)], capture_output=True,
                           text=True, env=full_env, timeout=300, **kwargs)
 
@@ -165,7 +165,7 @@ def test_ctrl_c_prints_the_command_that_continues_and_it_does(data, tmp_path):
     out = tmp_path / "run"
     args = ["--data", str(data), "--out", str(out), "--epochs", "3", "--image-size", "32", "--batch-size", "8"]
     proc = subprocess.Popen([sys.executable, "-m", "retino_utils.train", *args], text=True,
-                            env={**os.environ, "RETINO_PROGRESS": "0"}, stdout=subprocess.DEVNULL,
+                            env={**os.environ, "TQDM_DISABLE": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not (out / "last.pt").exists():

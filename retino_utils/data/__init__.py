@@ -12,7 +12,7 @@ from .images import load_resized, load_rgb
 from .layouts import LAYOUTS, SPLITS, SplitIndex, detect_layout, holdout_split, read_lab_pair, read_split
 from .preprocess import preprocess
 from .stats import ChannelStats, channel_stats
-from .summary import grade_table, image_size_table, imbalance_note, provenance_note, samples_per_grade, stats_table
+from .summary import grade_table, image_size_table, samples_per_grade, stats_table, synthetic_record
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -53,7 +53,6 @@ __all__ = [
     "grade_table",
     "holdout_split",
     "image_size_table",
-    "imbalance_note",
     "image_problems",
     "load_resized",
     "load_rgb",
@@ -61,11 +60,11 @@ __all__ = [
     "normalize_batch",
     "open_dataset",
     "preprocess",
-    "provenance_note",
     "read_lab_pair",
     "read_split",
     "sample_choices",
     "samples_per_grade",
     "stats_table",
+    "synthetic_record",
     "validate",
 ]

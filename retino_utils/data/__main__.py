@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from ..config import choices
 from ..errors import run_cli
 from .cache import ImageCache
 from .dataset import open_dataset
@@ -13,7 +14,7 @@ from .preprocess import preprocess
 from .stats import channel_stats
 from .validate import validate
 
-LAYOUT_CHOICES = ("auto", "lab", "kaggle", "aptos")
+LAYOUT_CHOICES = choices()["layout"]
 
 
 def build_parser() -> argparse.ArgumentParser:

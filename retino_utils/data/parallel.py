@@ -1,4 +1,5 @@
-"""A process pool with a progress bar for the long per-image jobs (validate, preprocess, stats, cache).
+"""A process pool with a progress bar for the long per-image jobs (validate, preprocess, stats, cache,
+the synthetic generator).
 
 On Linux workers are forked, as torch's DataLoader does: they start at once, and scripts without an
 ``if __name__ == "__main__":`` guard still work ("spawn" and "forkserver" re-run the main script).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
@@ -47,12 +49,17 @@ def parallel_map(
                 bar.update()
             return
         chunksize = max(1, min(16, len(jobs) // (workers * 8)))
-        with _context().Pool(workers) as pool:
+        with _context().Pool(workers, initializer=_ignore_interrupts) as pool:
             for outcome in pool.imap_unordered(_run, jobs, chunksize=chunksize):
                 yield outcome
                 bar.update()
     finally:
         bar.close()
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and prints one line (no tracebacks)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _context():

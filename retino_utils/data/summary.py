@@ -32,18 +32,6 @@ def grade_table(splits: Mapping[str, SplitIndex]) -> pd.DataFrame:
     return table
 
 
-def imbalance_note(train: SplitIndex) -> str:
-    """The imbalance in one sentence, with the accuracy of always answering the majority grade."""
-    counts = train.grade_counts()
-    top = int(counts.argmax())
-    share = counts[top] / counts.sum()
-    rarest = int(counts.argmin())
-    return (f"Grade {top} ({GRADE_NAMES[top]}) holds **{share:.1%}** of the {counts.sum()} training photos, so a "
-            f"model that always answers grade {top} is right {share:.1%} of the time on data like this; the "
-            f"rarest grade, {rarest} ({GRADE_NAMES[rarest]}), has {counts[rarest]} photos "
-            f"({counts[top] / max(counts[rarest], 1):.0f} times fewer).")
-
-
 def samples_per_grade(index: SplitIndex, per_grade: int = 6, image_size: int = 256,
                       seed: int = 0) -> dict[int, list[np.ndarray]]:
     """A few photos of each grade (drawn reproducibly), decoded as the training pipeline sees them."""
@@ -80,16 +68,7 @@ def stats_table(stats: ChannelStats) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=["red", "green", "blue"]).round(4)
 
 
-def provenance_note(root) -> str:
-    """Where the photos come from; for synthetic data, how it was made and what it exaggerates."""
+def synthetic_record(root) -> dict | None:
+    """How a synthetic dataset was generated (its ``synthetic.json``), or None for real photos."""
     record = Path(root) / "synthetic.json"
-    if not record.is_file():
-        return f"Photos from `{root}`."
-    params = json.loads(record.read_text())
-    note = (f"These are **synthetic** fundus photos drawn by `retino_utils.synthetic` ({params['n_train']} training "
-            f"and {params['n_test']} test images, {params['size']} px, seed {params['seed']}), not real patients.")
-    scale = params.get("lesion_scale", 1.0)
-    if scale != 1.0:
-        note += (f" Lesions are drawn **{scale:g} times their real size**: at the resolution a CPU demo trains at, "
-                 f"real microaneurysms and haemorrhages would be smaller than a pixel.")
-    return note
+    return json.loads(record.read_text()) if record.is_file() else None

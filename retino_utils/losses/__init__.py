@@ -7,23 +7,17 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from retino_utils.config import choices
 from retino_utils.errors import RetinoError
 from retino_utils.losses.class_weights import inverse_frequency_weights, report002_weights, sample_weights
 from retino_utils.losses.focal import FocalLoss
 from retino_utils.losses.ordinal import RegressionLoss, scores_to_grades, tune_thresholds
 
-LOSSES = ("ce", "wce", "focal", "mse", "smooth_l1")
-REGRESSION_LOSSES = ("mse", "smooth_l1")
+LOSSES = choices()["loss"]
 CLASS_WEIGHTINGS = {"inverse": inverse_frequency_weights, "report002": report002_weights}
 
-__all__ = ["LOSSES", "build_loss", "is_regression", "FocalLoss", "RegressionLoss", "inverse_frequency_weights",
+__all__ = ["LOSSES", "build_loss", "FocalLoss", "RegressionLoss", "inverse_frequency_weights",
            "report002_weights", "sample_weights", "scores_to_grades", "tune_thresholds"]
-
-
-def is_regression(name: str) -> bool:
-    """Whether the loss trains the one-output (ordinal regression) head."""
-    _check_name(name)
-    return name in REGRESSION_LOSSES
 
 
 def build_loss(name: str, class_counts: Sequence[int] | None = None, focal_gamma: float = 2.0,

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from retino_utils import NUM_CLASSES
+from retino_utils.config import REGRESSION_LOSSES
 from retino_utils.errors import RetinoError
 
-REGRESSION_KINDS = ("mse", "smooth_l1")
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
 CANDIDATE_QUANTILES = 256  # cut-point candidates per threshold, taken from score quantiles
 MAX_SWEEPS = 50
@@ -27,8 +27,8 @@ class RegressionLoss(nn.Module):
 
     def __init__(self, kind: str = "mse"):
         super().__init__()
-        if kind not in REGRESSION_KINDS:
-            raise RetinoError(f"unknown regression loss {kind!r}: choose one of {', '.join(REGRESSION_KINDS)}")
+        if kind not in REGRESSION_LOSSES:
+            raise RetinoError(f"unknown regression loss {kind!r}: choose one of {', '.join(REGRESSION_LOSSES)}")
         self.kind = kind
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

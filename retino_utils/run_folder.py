@@ -1,0 +1,113 @@
+"""Everything a training run writes, in one place: config, checkpoints, history, predictions, metrics, events.
+
+The checkpoint is the source of truth: ``history.csv`` is rewritten from it on every start, so a
+crash between the two files never loses a row. ``events.jsonl`` (see ``events``) is what the report
+follows while a notebook trains. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import remove_stale_temp_files, write_json, write_text
+from .checkpoint import CheckpointDamaged, load_checkpoint, save_checkpoint
+from .config import TrainConfig, save_config
+from .errors import DiskFullError, RetinoError
+from .events import append_event
+
+HISTORY_COLUMNS = ["epoch", "phase", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_qwk",
+                   "test_macro_f1", "seconds", "images_per_s"]
+
+
+class RunFolder:
+    def __init__(self, out: str | Path, writes: bool = True):
+        self.out = Path(out)
+        self.writes = writes
+        self.last, self.best = self.out / "last.pt", self.out / "best.pt"
+
+    # -- reading back ---------------------------------------------------------------------------
+    def resume_state(self, config: TrainConfig) -> dict | None:
+        """The state to continue from, or None for a fresh run; refuses what would mix two runs."""
+        if not self.last.exists():
+            return None
+        if not config.resume:
+            raise RetinoError(f"{self.out} already holds a training run: pass --resume to continue or reuse it, "
+                              f"or choose another --out")
+        state = self._read_last()
+        saved = TrainConfig.from_dict(state["config"]).semantic_dict()
+        wanted = config.semantic_dict()
+        changed = [f"{k}: {saved[k]!r} -> {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]]
+        if changed:
+            raise RetinoError(f"{self.out} holds a run with another config ({'; '.join(changed)}): choose another "
+                              f"--out for these settings, or continue that run with its own: "
+                              f"python -m retino_utils.train --config {self.out / 'config.yaml'} --resume")
+        return state
+
+    def _read_last(self) -> dict:
+        """``last.pt``; when it is damaged, say what can be kept (an intact ``best.pt`` is a full checkpoint)."""
+        try:
+            return load_checkpoint(self.last)
+        except CheckpointDamaged as damaged:
+            try:
+                epoch = load_checkpoint(self.best)["epoch"] if self.best.is_file() else None
+            except CheckpointDamaged:
+                epoch = None
+            if epoch is None:
+                raise RetinoError(f"{damaged}, and there is no intact best.pt beside it: no epoch of this run can "
+                                  f"be recovered; move {self.out} aside and train again") from None
+            raise RetinoError(f"{damaged}; best.pt (after epoch {epoch}) is intact and is kept: to continue from "
+                              f"it, mv {self.last} {self.last}.damaged && cp {self.best} {self.last}, then rerun "
+                              f"with --resume (the epochs after {epoch} are trained again)") from None
+
+    def best_state(self) -> dict:
+        return load_checkpoint(self.best)
+
+    def is_finished(self, state: dict | None, epochs: int) -> bool:
+        return state is not None and state["epoch"] >= epochs and (self.out / "metrics.json").is_file()
+
+    # -- writing -------------------------------------------------------------------------------
+    def start(self, config: TrainConfig, state: dict | None) -> None:
+        """Clear what a killed run left, and bring the history in line with the checkpoint."""
+        if not self.writes:
+            return
+        remove_stale_temp_files(self.out)
+        if state is not None:
+            self.write_history(state["history"])
+
+    def write_config(self, config: TrainConfig) -> None:
+        if self.writes:
+            save_config(config, self.out / "config.yaml")
+
+    def save_epoch(self, state: dict, improved: bool) -> None:
+        """``best.pt`` (when improved), ``last.pt``, then the history; a full disk keeps the last epoch."""
+        if not self.writes:
+            return
+        try:
+            if improved:
+                save_checkpoint(state, self.best)
+            save_checkpoint(state, self.last)
+        except DiskFullError as full:
+            epoch = state["epoch"]
+            kept = f"last.pt still holds epoch {epoch - 1}" if epoch > 1 else "no epoch was saved yet"
+            raise DiskFullError(f"{full}; {kept}: free some space, then continue with --resume "
+                                f"(it restarts after the last complete epoch)") from None
+        self.write_history(state["history"])
+
+    def write_history(self, history: list[dict]) -> None:
+        write_text(self.out / "history.csv", history_frame(history).to_csv(index=False))
+
+    def finish(self, predictions: pd.DataFrame, metrics: dict) -> None:
+        if self.writes:
+            write_text(self.out / "predictions.csv", predictions.to_csv(index=False, float_format="%.6f"))
+            write_json(self.out / "metrics.json", metrics)
+
+    def event(self, kind: str, **payload) -> None:
+        """Append one event line for whoever follows the run (see ``events``)."""
+        if self.writes:
+            append_event(self.out, kind, **payload)
+
+
+def history_frame(history: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(history, columns=HISTORY_COLUMNS)
