@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,15 @@ class DistContext:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def main_first(self, work: Callable[[], T]) -> T:
+        """``work()`` on rank 0 first, then on the other ranks, which find its one-off files done."""
+        if self.is_main:
+            result = work()
+        self.barrier()
+        if not self.is_main:
+            result = work()
+        return result
 
     def sum(self, *values: float) -> list[float]:
         """Sum scalars over all processes (train loss and counts)."""

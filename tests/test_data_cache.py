@@ -17,6 +17,7 @@ from retino_utils.data import (
     IMAGENET_STD,
     AugmentChoices,
     BatchLoader,
+    DecodedImages,
     EvalPreset,
     FundusDataset,
     ImageCache,
@@ -63,6 +64,23 @@ def torchvision_reference(path, flip_h, flip_v, angle):
     if angle:
         x = TF.rotate(x, angle, interpolation=TF.InterpolationMode.BILINEAR)
     return TF.normalize(x, MEAN, STD)
+
+
+@pytest.mark.parametrize("sampler", ["shuffle", "weighted"])
+def test_decoding_source_gives_the_cached_batches(lab_cache, sampler):
+    """--loader pil and --loader cache share one sampling and augmentation path: same seed, same tensors."""
+    weights = np.linspace(1, 3, len(lab_cache)) if sampler == "weighted" else None
+    decoded = DecodedImages(lab_cache.index, SIZE, threads=2)
+    for world_size, rank in ((1, 0), (2, 1)):
+        options = dict(rotation=30.0, sample_weights=weights, seed=3, world_size=world_size, rank=rank)
+        cached, fresh = loader_for(lab_cache, **options), loader_for(decoded, **options)
+        for epoch in (1, 2):
+            cached.set_epoch(epoch)
+            fresh.set_epoch(epoch)
+            pairs = list(zip(cached, fresh, strict=True))
+            assert pairs
+            for (x1, y1, i1), (x2, y2, i2) in pairs:
+                assert torch.equal(i1, i2) and torch.equal(y1, y2) and torch.equal(x1, x2)
 
 
 def test_cache_holds_load_resized_pixels(lab_cache):

@@ -175,6 +175,14 @@ def test_killed_run_resumes_to_the_same_history(tiny_dataset, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), pd.read_csv(reference / "predictions.csv"))
 
 
+def test_both_loaders_train_the_same_run(tiny_dataset, tmp_path):
+    """The per-image decoding path shares the cache path's sampling and augmentation: same history."""
+    settings = dict(epochs=2, rotation=20.0, sampler="weighted", deterministic=True)
+    cached = fit(small_config(tiny_dataset, tmp_path / "cache", loader="cache", **settings))
+    decoded = fit(small_config(tiny_dataset, tmp_path / "pil", loader="pil", **settings))
+    pd.testing.assert_frame_equal(_strip_timing(cached), _strip_timing(decoded))
+
+
 def test_feature_extraction_phase_keeps_the_backbone_frozen(tiny_dataset, tmp_path):
     torch.manual_seed(1)
     source = torchvision.models.resnet18(num_classes=1000)

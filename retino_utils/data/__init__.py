@@ -5,7 +5,8 @@ decoded-image cache with its batch loader.
 with ``importlib.import_module("retino_utils.data.validate")``.
 """
 
-from .cache import BatchLoader, ImageCache
+from .batches import BatchLoader, DecodedImages
+from .cache import ImageCache
 from .cachedir import dataset_cache_dir
 from .dataset import FundusDataset, open_dataset
 from .images import load_resized, load_rgb
@@ -33,6 +34,7 @@ __all__ = [
     "AugmentChoices",
     "BatchLoader",
     "ChannelStats",
+    "DecodedImages",
     "DecodePreset",
     "EvalPreset",
     "FundusDataset",

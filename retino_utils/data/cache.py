@@ -1,27 +1,21 @@
-"""The fast path: each split decoded once into a uint8 memmap, then served as ready batches.
+"""The fast path: each split decoded once into a uint8 memmap (``batches.BatchLoader`` serves it).
 
 ``ImageCache.build`` decodes with ``load_resized`` (the dataset's own decode) in a process pool;
 the build resumes after an interruption and is keyed by the split's fingerprint and the size.
-``BatchLoader`` gathers whole batches from the memmap with one fancy index, in a background
-thread, and applies augmentation to the batch on the target device.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import math
 import os
-import queue
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 
 from ..atomic import atomic_path
 from ..errors import DiskFullError, RetinoError, format_bytes
@@ -29,7 +23,6 @@ from .cachedir import dataset_cache_dir, derived_prefix, remove_stale
 from .images import load_resized
 from .layouts import SplitIndex
 from .parallel import parallel_map
-from .transforms import AugmentChoices, augment_batch, normalize_batch, sample_choices
 
 CHECKPOINT_SECONDS = 5.0
 
@@ -56,6 +49,11 @@ class ImageCache:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def read(self, indices: np.ndarray, out: np.ndarray) -> None:
+        """Copy images ``indices`` into ``out`` (B, S, S, 3), reading the memmap in ascending order."""
+        ascending = np.argsort(indices, kind="stable")
+        out[ascending] = self.images[indices[ascending]]
 
     @classmethod
     def build(
@@ -180,174 +178,3 @@ def _checkpoint(images: np.ndarray, done: np.ndarray, done_path: Path) -> None:
     images.flush()
     with atomic_path(done_path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, done)
-
-
-class BatchLoader:
-    """Batches ``(x, y, idx)`` from an ImageCache: x float32 [B,3,S,S] normalised on ``device``,
-    y int64 on ``device``, idx the int64 dataset indices (CPU).
-
-    Each epoch's randomness comes from one generator seeded by (seed, epoch): the order
-    (a permutation, or ``torch.multinomial(sample_weights, N, replacement=True)``), then the
-    augmentation choices. With ``world_size > 1`` every rank computes the same order and takes
-    ``order[rank::world_size]``, the order first padded to a multiple of world_size when training
-    (like DistributedSampler); evaluation (no shuffle, no augment) is not padded, so the ranks
-    together see every index exactly once.
-    """
-
-    def __init__(
-        self,
-        cache: ImageCache,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        augment: bool,
-        mean,
-        std,
-        device: str | torch.device = "cpu",
-        hflip: bool = True,
-        vflip: bool = True,
-        rotation: float = 0.0,
-        sample_weights=None,
-        drop_last: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        channels_last: bool = True,
-        prefetch: int = 2,
-    ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
-        self.cache = cache
-        self.batch_size = batch_size
-        self.shuffle, self.augment = shuffle, augment
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.device = torch.device(device)
-        self.hflip, self.vflip, self.rotation = hflip, vflip, rotation
-        self.sample_weights = None if sample_weights is None else torch.as_tensor(sample_weights, dtype=torch.float64)
-        if self.sample_weights is not None and self.sample_weights.shape != (len(cache),):
-            raise ValueError(f"sample_weights has shape {tuple(self.sample_weights.shape)}, expected ({len(cache)},)")
-        self.drop_last = drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.channels_last = channels_last
-        self.prefetch = prefetch
-        self.epoch = 0
-        self._labels = torch.tensor(cache.labels, dtype=torch.int64)
-
-    @property
-    def training(self) -> bool:
-        return self.shuffle or self.augment or self.sample_weights is not None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = self._rank_length()
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def _rank_length(self) -> int:
-        n = len(self.cache)
-        if self.training:
-            return math.ceil(n / self.world_size)
-        return len(range(self.rank, n, self.world_size))
-
-    def epoch_plan(self) -> tuple[torch.Tensor, AugmentChoices | None]:
-        """This rank's indices for the current epoch, and their augmentation choices (None without augment)."""
-        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
-        n = len(self.cache)
-        if self.sample_weights is not None:
-            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=generator)
-        elif self.shuffle:
-            order = torch.randperm(n, generator=generator)
-        else:
-            order = torch.arange(n)
-        if self.training and self.world_size > 1:
-            padded = math.ceil(n / self.world_size) * self.world_size
-            order = order.repeat(math.ceil(padded / n))[:padded]
-        choices = None
-        if self.augment:
-            choices = sample_choices(len(order), generator, self.hflip, self.vflip, self.rotation)
-            choices = choices[self.rank :: self.world_size]
-        return order[self.rank :: self.world_size], choices
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        order, choices = self.epoch_plan()
-        bounds = [(start, min(start + self.batch_size, len(order))) for start in range(0, len(order), self.batch_size)]
-        bounds = bounds[: len(self)]
-
-        def gather(k: int) -> tuple[torch.Tensor, torch.Tensor]:
-            start, stop = bounds[k]
-            return order[start:stop], self._gather(order[start:stop].numpy())
-
-        for k, (idx, pixels) in enumerate(_prefetched(gather, len(bounds), self.prefetch)):
-            start, stop = bounds[k]
-            yield self._finish(pixels, idx, None if choices is None else choices[start:stop])
-
-    def batch(self, indices, choices: AugmentChoices | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One batch of the given dataset indices with explicit choices (None: no augmentation)."""
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return self._finish(self._gather(idx.numpy()), idx, choices)
-
-    def _gather(self, indices: np.ndarray) -> torch.Tensor:
-        """uint8 [B,S,S,3] on the host (pinned for CUDA), read in ascending index order for locality."""
-        size = self.cache.image_size
-        pixels = torch.empty((len(indices), size, size, 3), dtype=torch.uint8, pin_memory=self.device.type == "cuda")
-        ascending = np.argsort(indices, kind="stable")
-        pixels.numpy()[ascending] = self.cache.images[indices[ascending]]
-        return pixels
-
-    def _finish(self, pixels: torch.Tensor, idx: torch.Tensor, choices: AugmentChoices | None):
-        # NHWC -> NCHW as a view: its strides already are the channels_last layout.
-        x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        y = self._labels[idx].to(self.device, non_blocking=True)
-        if choices is None:
-            x = normalize_batch(x, self.mean, self.std)
-        else:
-            x = augment_batch(x, choices, self.mean, self.std)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        return x.contiguous(memory_format=memory_format), y, idx
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
-
-
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
-def _prefetched(produce: Callable[[int], object], count: int, depth: int) -> Iterator:
-    """``produce(0..count-1)`` computed in a background thread, up to ``depth`` items ahead."""
-    ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def put(item) -> None:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def work() -> None:
-        try:
-            for k in range(count):
-                if stop.is_set():
-                    return
-                put(produce(k))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            put(_Failure(exc))
-
-    thread = threading.Thread(target=work, name="BatchLoader-prefetch", daemon=True)
-    thread.start()
-    try:
-        for _ in range(count):
-            item = ready.get()
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-    finally:
-        stop.set()
-        thread.join()

@@ -1,0 +1,99 @@
+"""Extending the project takes one declaration: a setting is one line in config.py, a run group and a
+notebook that reads it are entries in pipeline.yaml. Checked on temporary copies, through real
+processes and kernels."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from nbformat.v4 import new_code_cell, new_notebook
+
+from retino_utils.paths import NOTEBOOKS_DIR, PACKAGE_DIR
+from retino_utils.pipeline import PIPELINE_FILE
+
+NEW_SETTING = '    blur_radius: float = setting(0.0, "a setting added by a test")\n'
+
+
+@pytest.fixture
+def package_with_new_setting(tmp_path):
+    """A copy of the package whose TrainConfig has one more line, and an environment that imports it."""
+    root = tmp_path / "pkg"
+    shutil.copytree(PACKAGE_DIR, root / "retino_utils", ignore=shutil.ignore_patterns("__pycache__"))
+    config = root / "retino_utils" / "config.py"
+    text = config.read_text()
+    anchor = "    seed: int = 0\n"
+    assert anchor in text
+    config.write_text(text.replace(anchor, anchor + NEW_SETTING))
+    return {**os.environ, "PYTHONPATH": str(root), "TQDM_DISABLE": "1"}
+
+
+def run(args, env, cwd=None, **kwargs):
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, cwd=cwd, **kwargs)
+
+
+@pytest.mark.slow
+def test_a_setting_added_in_config_reaches_the_cli_the_notebook_and_config_yaml(
+        package_with_new_setting, tiny_dataset, tmp_path):
+    env = package_with_new_setting
+    train = [sys.executable, "-m", "retino_utils.train"]
+    # Run from the temporary folder: `python -m` puts the working directory first on sys.path.
+    help_text = run([*train, "--help"], env, cwd=tmp_path).stdout
+    assert "--blur-radius BLUR_RADIUS" in help_text and "a setting added by a test" in help_text
+
+    cli_run = tmp_path / "cli-run"
+    result = run([*train, "--data", str(tiny_dataset), "--out", str(cli_run), "--epochs", "1", "--image-size", "32",
+                  "--blur-radius", "1.5"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert yaml.safe_load((cli_run / "config.yaml").read_text())["blur_radius"] == 1.5
+
+    notebook_run = tmp_path / "notebook-run"
+    papermill = Path(sys.executable).with_name("papermill")
+    settings = {"blur_radius": 2.5, "epochs": 1, "image_size": 32, "device": "cpu"}
+    result = run([str(papermill), str(NOTEBOOKS_DIR / "02_training.ipynb"), str(tmp_path / "out.ipynb"),
+                  "-p", "data_dir", str(tiny_dataset), "-p", "run_dir", str(notebook_run),
+                  "-p", "figures_dir", str(tmp_path / "figures"), "-y", f"settings: {json.dumps(settings)}",
+                  "--no-progress-bar"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert yaml.safe_load((notebook_run / "config.yaml").read_text())["blur_radius"] == 2.5
+
+
+EXTRA_NOTEBOOK_CODE = """
+from retino_utils import results
+
+runs, missing = results.load_runs(run_dirs)
+print("accuracy by run:", {name: round(run.metrics["accuracy"], 3) for name, run in runs.items()}, "missing:", missing)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_group_and_a_notebook_that_reads_it_need_no_python_change(tmp_path):
+    book = new_notebook(cells=[new_code_cell('run_dirs = {}\nfigures_dir = ""'), new_code_cell(EXTRA_NOTEBOOK_CODE)])
+    book.cells[0].metadata["tags"] = ["parameters"]
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(book, tmp_path / "extra.ipynb")
+    pipeline = yaml.safe_load(PIPELINE_FILE.read_text())
+    pipeline["runs"] = {"extra_run": {"groups": ["extra"], "arch": "resnet18", "loss": "wce"}}
+    pipeline["profiles"] = {"smoke": pipeline["profiles"]["smoke"]}
+    pipeline["notebooks"] = [
+        next(entry for entry in pipeline["notebooks"] if entry.get("per_run")),
+        {"step": "extra", "notebook": str(tmp_path / "extra.ipynb"), "parameters": {"figures_dir": "{figures}"},
+         "run_groups": {"run_dirs": "extra"}},
+    ]
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    out = tmp_path / "out"
+    result = run([sys.executable, "-m", "retino_utils.report", "--pipeline", str(tmp_path / "pipeline.yaml"),
+                  "--profile", "smoke", "--out", str(out), "--device", "cpu"],
+                 {**os.environ, "TQDM_DISABLE": "1", "RETINO_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "[2/2] extra: done" in result.stdout
+    executed = nbformat.read(out / "notebooks" / "extra.ipynb", as_version=4)
+    printed = "".join(output.get("text", "") for cell in executed.cells for output in cell.get("outputs", []))
+    metrics = json.loads((out / "runs" / "extra_run" / "metrics.json").read_text())
+    assert f"accuracy by run: {{'extra_run': {round(metrics['accuracy'], 3)}}} missing: []" in printed
+    assert metrics["config"]["loss"] == "wce"
