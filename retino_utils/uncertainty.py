@@ -1,0 +1,121 @@
+"""Bootstrap intervals: how far each figure could move on another sample of patients.
+
+scipy's ``stats.bootstrap`` draws the resamples (seeded). What it resamples is patients where the
+photo names carry one (``<patient>_left/right``: both eyes stay together, as their grades are
+correlated) and photos otherwise; each resample's figures are computed from its confusion matrix.
+Percentile intervals are taken over the resamples where a figure is defined (a resample without
+grade-3 photos has no grade-3 recall). ``paired_difference`` resamples the same patients for two
+runs scored on the same photos, so the interval is that of the difference itself.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import NUM_CLASSES
+from .data.layouts import patient_of
+from .metrics import REFERABLE_GRADE
+
+N_RESAMPLES = 2000
+CONFIDENCE = 0.95
+# The figures every interval table carries, in this order.
+FIGURES = ("accuracy", "qwk", "macro_f1", *(f"recall_{g}" for g in range(NUM_CLASSES)), "referable_auc",
+           "referable_sensitivity", "referable_specificity")
+
+
+def patient_groups(names: Sequence[str]) -> np.ndarray:
+    """One integer per photo naming its patient (``10009_left`` and ``10009_right`` share one)."""
+    _, groups = np.unique([patient_of(str(name)) for name in names], return_inverse=True)
+    return groups
+
+
+def figures(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray | None = None) -> np.ndarray:
+    """The ``FIGURES`` of one sample as float64, NaN where undefined; numpy only (it runs per resample)."""
+    k = NUM_CLASSES
+    counts = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k).astype(np.float64)
+    n = counts.sum()
+    true_totals, pred_totals = counts.sum(1), counts.sum(0)
+    diagonal = np.diag(counts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = diagonal / true_totals
+        f1 = np.where(true_totals + pred_totals > 0, 2 * diagonal / (true_totals + pred_totals), 0.0)
+        weights = (np.subtract.outer(np.arange(k), np.arange(k)) / (k - 1)) ** 2
+        expected = np.outer(true_totals, pred_totals) / n
+        disagreement = (weights * expected).sum()
+        qwk = 1 - (weights * counts).sum() / disagreement if disagreement > 0 else 0.0
+    true_ref, pred_ref = y_true >= REFERABLE_GRADE, y_pred >= REFERABLE_GRADE
+    sensitivity = pred_ref[true_ref].mean() if true_ref.any() else np.nan
+    specificity = (~pred_ref[~true_ref]).mean() if (~true_ref).any() else np.nan
+    return np.array([diagonal.sum() / n, qwk, f1.mean(), *recall, auc(true_ref, score), sensitivity, specificity])
+
+
+def auc(positive: np.ndarray, score: np.ndarray | None) -> float:
+    """ROC AUC as the Mann-Whitney statistic (ties count half); NaN with one class or no scores."""
+    if score is None or positive.all() or not positive.any():
+        return np.nan
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups: np.ndarray, n_resamples: int = N_RESAMPLES,
+              seed: int = 0, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of ``statistic(photo indices)`` over resamples of whole groups.
+
+    ``statistic`` maps the photo indices of one resample (patients drawn with replacement, each
+    bringing all its photos) to a vector; returns the lower and upper bounds, NaN where a figure
+    was undefined in most resamples.
+    """
+    from scipy.stats import bootstrap as scipy_bootstrap
+
+    members = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
+
+    def over_groups(chosen: np.ndarray) -> np.ndarray:
+        return statistic(np.concatenate([members[g] for g in chosen.astype(int)]))
+
+    result = scipy_bootstrap((np.arange(len(members)),), over_groups, n_resamples=n_resamples, vectorized=False,
+                             method="percentile", confidence_level=confidence, rng=np.random.default_rng(seed))
+    distribution = np.atleast_2d(result.bootstrap_distribution)
+    tail = 100 * (1 - confidence) / 2
+    defined = np.isfinite(distribution).mean(axis=-1) >= 0.5
+    with np.errstate(all="ignore"):
+        low, high = (np.nanpercentile(distribution, q, axis=-1) for q in (tail, 100 - tail))
+    return np.where(defined, low, np.nan), np.where(defined, high, np.nan)
+
+
+def intervals(y_true, y_pred, score=None, names: Sequence[str] | None = None, n_resamples: int = N_RESAMPLES,
+              seed: int = 0) -> dict[str, list[float | None]]:
+    """``{figure: [low, high]}`` for every figure in ``FIGURES`` (None where undefined), JSON-ready."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    score = None if score is None else np.asarray(score, dtype=np.float64)
+    groups = patient_groups(names) if names is not None else np.arange(len(y_true))
+    low, high = bootstrap(lambda idx: figures(y_true[idx], y_pred[idx], None if score is None else score[idx]),
+                          groups, n_resamples, seed)
+    return {name: [_json(lo), _json(hi)] for name, lo, hi in zip(FIGURES, low, high)}
+
+
+def paired_difference(y_true, pred_a, pred_b, score_a=None, score_b=None, names: Sequence[str] | None = None,
+                      n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, dict]:
+    """``{figure: {"difference": a - b, "interval": [low, high]}}`` for two runs on the same photos."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    pred_a, pred_b = np.asarray(pred_a, dtype=np.int64), np.asarray(pred_b, dtype=np.int64)
+    score_a = None if score_a is None else np.asarray(score_a, dtype=np.float64)
+    score_b = None if score_b is None else np.asarray(score_b, dtype=np.float64)
+
+    def difference(idx: np.ndarray) -> np.ndarray:
+        return (figures(y_true[idx], pred_a[idx], None if score_a is None else score_a[idx])
+                - figures(y_true[idx], pred_b[idx], None if score_b is None else score_b[idx]))
+
+    groups = patient_groups(names) if names is not None else np.arange(len(y_true))
+    point = difference(np.arange(len(y_true)))
+    low, high = bootstrap(difference, groups, n_resamples, seed)
+    return {name: {"difference": _json(d), "interval": [_json(lo), _json(hi)]}
+            for name, d, lo, hi in zip(FIGURES, point, low, high)}
+
+
+def _json(value: float) -> float | None:
+    return None if not np.isfinite(value) else float(value)
