@@ -14,7 +14,7 @@ The epochs follow from the probe, so a busier machine trains fewer; ``--epochs 1
 given plan exactly. Runs are kept under ``--out``: an interrupted benchmark resumes, a finished one
 reprints its table.
 The ``best-cpu`` settings were chosen on a validation split of the 2,490 training photos only
-(``--holdout``); see the README's performance section for what was tried.
+(then ``--holdout``, now the engine's ``--val-fraction``); see the README's performance section.
 """
 
 from __future__ import annotations
@@ -76,9 +76,9 @@ def seconds_per_epoch(config: TrainConfig) -> float:
     common = dict(device=parts.device, bf16=parts.bf16, show_progress=False)
     train_one_epoch(model, loss_fn, optimizer, _FirstBatches(run_data.train_loader, 1), **common)  # warm-up
     trained = train_one_epoch(model, loss_fn, optimizer, _FirstBatches(run_data.train_loader, PROBE_BATCHES), **common)
-    evaluated = evaluate(model, loss_fn, _FirstBatches(run_data.eval_loader, PROBE_BATCHES), **common)
-    # Every epoch evaluates the test split; regression also rescores the training split for its cut points.
-    eval_images = len(run_data.eval) + (len(run_data.train) if config.is_regression else 0)
+    evaluated = evaluate(model, loss_fn, _FirstBatches(run_data.test_loader, PROBE_BATCHES), **common)
+    # Every epoch evaluates the validation and test splits (regression tunes its cut points on validation).
+    eval_images = len(run_data.test) + (len(run_data.val) if run_data.val is not None else 0)
     return len(run_data.train) * trained.seconds / trained.n + eval_images * evaluated.seconds / evaluated.n
 
 

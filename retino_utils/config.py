@@ -66,7 +66,11 @@ class TrainConfig:
     layout: Literal["auto", "lab", "kaggle", "aptos"] = "auto"
     test_fraction: float = setting(0.2, "kaggle/aptos layouts: share of patients held out as the test split")
     split_seed: int = 0
-    holdout: float = setting(0.0, "evaluate on this stratified share of the training split instead of the test split")
+    val_fraction: float = setting(0.1, "share of the training patients held out for validation, stratified by "
+                                  "grade: it picks the kept checkpoint, the cut points and the screening thresholds")
+    select_on: Literal["validation", "test"] = setting(
+        "validation", "split that picks the kept checkpoint (test = the reports' optimistic choice, labelled so)")
+    bootstrap: int = setting(2000, "bootstrap resamples for the 95%% intervals in metrics.json (0 = none)")
     skip_bad: bool = setting(False, "leave out images that validation finds missing or undecodable")
     loader: Literal["cache", "pil"] = setting(
         "cache", "cache = decoded uint8 cache + batch augmentation (fast); pil = per-image PIL pipeline")
@@ -97,8 +101,13 @@ class TrainConfig:
                 raise RetinoError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.fe_epochs <= self.epochs:
             raise RetinoError(f"fe_epochs must be between 0 and epochs ({self.epochs}), got {self.fe_epochs}")
-        if not 0 <= self.holdout < 1:
-            raise RetinoError(f"holdout must be in [0, 1), got {self.holdout}")
+        if not 0 <= self.val_fraction < 1:
+            raise RetinoError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_fraction == 0 and self.select_on == "validation" and self.best_metric != "last":
+            raise RetinoError("select_on validation needs a validation split: give --val-fraction (e.g. 0.1), "
+                              "or keep the last epoch (--best-metric last)")
+        if self.bootstrap < 0:
+            raise RetinoError(f"bootstrap must be 0 (no intervals) or more resamples, got {self.bootstrap}")
         if self.warmup_epochs < 0:
             raise RetinoError(f"warmup_epochs must be 0 or more, got {self.warmup_epochs}")
 

@@ -16,32 +16,35 @@ from .losses.class_weights import sample_weights
 
 @dataclass
 class RunData:
+    """The splits of a run and their batch iterators; ``val`` is carved from the training split."""
+
     train: "data.SplitIndex"
-    eval: "data.SplitIndex"
-    eval_split: str  # "test", or "holdout" when a share of the training split is held out
+    val: "data.SplitIndex | None"  # None when val_fraction is 0
+    test: "data.SplitIndex"
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     train_loader: object
-    eval_loader: object
-    train_eval_loader: object  # the training split without augmentation (threshold tuning)
+    val_loader: object | None
+    test_loader: object
+    train_eval_loader: object  # the training split without augmentation (cut points without a validation split)
 
 
-def read_splits(config: TrainConfig) -> tuple["data.SplitIndex", "data.SplitIndex", str]:
-    """The training split and the split evaluated every epoch (test, or a held-out share of train)."""
+def read_splits(config: TrainConfig) -> tuple["data.SplitIndex", "data.SplitIndex | None", "data.SplitIndex"]:
+    """Train, validation (a stratified share of the training patients, or None) and test."""
     kwargs = dict(layout=config.layout, test_fraction=config.test_fraction, split_seed=config.split_seed,
                   skip_bad=config.skip_bad)
     train = data.open_dataset(config.data, "train", **kwargs).index
-    if config.holdout > 0:
-        keep, held = data.holdout_split(train, config.holdout, seed=config.split_seed)
-        train, evaluated, name = train.subset(keep), train.subset(held), "holdout"
-    else:
-        evaluated, name = data.open_dataset(config.data, "test", **kwargs).index, "test"
-        check_disjoint(train, evaluated)
-    for split_name, index in (("train", train), (name, evaluated)):
-        if len(index) == 0:
+    test = data.open_dataset(config.data, "test", **kwargs).index
+    check_disjoint(train, test)
+    val = None
+    if config.val_fraction > 0:
+        keep, held = data.holdout_split(train, config.val_fraction, seed=config.split_seed)
+        train, val = train.subset(keep), train.subset(held)
+    for split_name, index in (("train", train), ("validation", val), ("test", test)):
+        if index is not None and len(index) == 0:
             raise RetinoError(f"the {split_name} split of {config.data} is empty: check its CSV files "
-                              f"(python -m retino_utils.data validate {config.data})")
-    return train, evaluated, name
+                              f"(python -m retino_utils.data validate {config.data}) or --val-fraction")
+    return train, val, test
 
 
 def resolve_normalization(config: TrainConfig, train: "data.SplitIndex"):
@@ -56,24 +59,28 @@ def resolve_normalization(config: TrainConfig, train: "data.SplitIndex"):
 
 
 def build_run_data(config: TrainConfig, device: torch.device, ctx: DistContext, channels_last: bool) -> RunData:
-    train, evaluated, eval_split = read_splits(config)
+    train, val, test = read_splits(config)
     mean, std = ctx.main_first(lambda: resolve_normalization(config, train))
     weights = sample_weights(train.labels) if config.sampler == "weighted" else None
     common = dict(device=device, mean=mean, std=std, rank=ctx.rank, world_size=ctx.world_size,
                   channels_last=channels_last)
+    splits = [index for index in (train, val, test) if index is not None]
     if config.loader == "cache":
         build = dict(progress=config.progress, workers=config.workers)
-        sources = ctx.main_first(lambda: [data.ImageCache.build(index, config.image_size, **build)
-                                          for index in (train, evaluated)])
+        sources = ctx.main_first(lambda: [data.ImageCache.build(index, config.image_size, **build) for index in splits])
     else:
-        sources = [data.DecodedImages(index, config.image_size, config.workers) for index in (train, evaluated)]
-    train_source, eval_source = sources
+        sources = [data.DecodedImages(index, config.image_size, config.workers) for index in splits]
+    train_source, test_source = sources[0], sources[-1]
+    val_source = sources[1] if val is not None else None
     eval_batch = 2 * config.batch_size
+
+    def evaluation(source):
+        return None if source is None else data.BatchLoader(source, eval_batch, shuffle=False, augment=False, **common)
+
     return RunData(
-        train, evaluated, eval_split, mean, std,
+        train, val, test, mean, std,
         data.BatchLoader(train_source, config.batch_size, shuffle=True, augment=True, hflip=config.hflip,
                          vflip=config.vflip, rotation=config.rotation, sample_weights=weights, seed=config.seed,
                          drop_last=False, **common),
-        data.BatchLoader(eval_source, eval_batch, shuffle=False, augment=False, **common),
-        data.BatchLoader(train_source, eval_batch, shuffle=False, augment=False, **common),
+        evaluation(val_source), evaluation(test_source), evaluation(train_source),
     )

@@ -178,3 +178,35 @@ def recall_bars(recall: pd.DataFrame) -> Figure:
     sns.despine(fig)
     fig.tight_layout()
     return fig
+
+
+def roc_curves(curves: Mapping[str, dict], reference_points: Mapping[str, tuple[float, float]]) -> Figure:
+    """ROC curves of the referable score for several runs, their operating points, and published ones.
+
+    ``curves``: legend label -> a run's ``metrics["screening"]`` (its ``roc`` and ``operating_points``);
+    ``reference_points``: label -> (sensitivity, specificity) drawn as black marks for comparison.
+    """
+    fig, ax = plt.subplots(figsize=(10.5, 6))
+    palette = sns.color_palette(n_colors=max(len(curves), 1))
+    for color, (label, screening) in zip(palette, curves.items()):
+        roc = screening["roc"]
+        if not roc["fpr"]:
+            continue
+        sns.lineplot(x=roc["fpr"], y=roc["tpr"], drawstyle="steps-post", color=color, label=label, ax=ax,
+                     errorbar=None)
+        for name, point in screening.get("operating_points", {}).items():
+            if point["sensitivity"] is not None:
+                ax.plot(1 - point["specificity"], point["sensitivity"], "o" if name == "target" else "s",
+                        color=color, markeredgecolor="black", markersize=7)
+    for (label, (sensitivity, specificity)), marker in zip(reference_points.items(), "*PX"):
+        ax.plot(1 - specificity, sensitivity, marker, color="black", markersize=10, label=label)
+    ax.plot([0, 1], [0, 1], ls=":", color="0.6")
+    ax.plot([], [], "o", color="0.5", markeredgecolor="black", label="operating point: sensitivity target")
+    ax.plot([], [], "s", color="0.5", markeredgecolor="black", label="operating point: Youden")
+    ax.set(xlabel="1 - specificity (false referrals among non-referable)", ylabel="sensitivity (referable DR found)",
+           xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), title="Referable DR (grade 2 or worse): ROC on the test split")
+    ax.set_aspect("equal")
+    ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig

@@ -13,7 +13,7 @@ from typing import Sequence
 import pandas as pd
 
 from .atomic import write_text
-from .config import TrainConfig
+from .results import TABLE_FIGURES, with_interval
 from .imagenet import imagenet_weights_file
 
 STYLE = """
@@ -73,11 +73,11 @@ def _summary_table(results: dict) -> str:
                "weights": settings.get("weights") or "none", "loss": settings.get("loss"),
                "sampler": settings.get("sampler"), "status": run["status"]}
         if metrics:
-            kept = {"accuracy": "best accuracy", "qwk": "best QWK", "last": "last"}[
-                settings.get("best_metric") or TrainConfig.best_metric]
-            row.update({"checkpoint": f"{kept} (epoch {metrics['best_epoch']})",
-                        "accuracy": f"{100 * metrics['accuracy']:.1f}%", "QWK": f"{metrics['qwk']:.3f}",
-                        "macro-F1": f"{metrics['macro_f1']:.3f}"})
+            spans = metrics.get("intervals") or {}
+            chosen_on = {"test": "TEST (optimistic)"}.get(metrics.get("select_on"), metrics.get("select_on"))
+            row.update({"kept epoch": f"{metrics['best_epoch']} ({chosen_on})", "test photos": metrics["n"],
+                        **{column: with_interval(metrics.get(key), spans.get(key))
+                           for column, key in TABLE_FIGURES.items()}})
         rows.append(row)
     return pd.DataFrame(rows).fillna("").to_html(index=False, border=0, escape=True)
 
@@ -111,8 +111,10 @@ def render_report(ctx, steps: Sequence, results: dict, index_figures: Sequence[S
 &middot; generated {html.escape(results['generated'])}</p>
 {_missing_banner(results)}
 <h2>Runs</h2>
-<p>Test-split figures of the checkpoint each run keeps: the main runs keep the epoch with the best test
-accuracy, as the reports did; the imbalance study keeps the best QWK. QWK is Cohen's kappa with quadratic
+<p>Test-split figures of the checkpoint each run keeps, with 95% bootstrap intervals (patients resampled).
+Each run keeps the epoch that scores best on a validation split carved from its training photos (the main
+runs by accuracy, as the reports did, the imbalance study by QWK); the test split is scored once. A checkpoint
+chosen on the test split, as the reports chose theirs, is labelled TEST. QWK is Cohen's kappa with quadratic
 weights (0 = chance agreement, 1 = perfect); macro-F1 averages the five grades' F1 scores.</p>
 {_summary_table(results)}
 <h2>Figures</h2>

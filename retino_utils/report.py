@@ -339,9 +339,9 @@ def collect_results(ctx: ReportContext, pipeline: dict, steps: Sequence[Step], o
                  "groups": pipeline["runs"][step.run].get("groups", []), "run_dir": step.parameters["run_dir"],
                  "settings": step.settings}
         if run is not None:
-            entry["metrics"] = {k: run.metrics[k] for k in ("accuracy", "qwk", "macro_f1", "recall", "precision",
-                                                           "referable_sensitivity", "referable_specificity",
-                                                           "referable_auc", "best_epoch", "n")}
+            entry["metrics"] = {k: run.metrics.get(k) for k in (
+                "accuracy", "qwk", "macro_f1", "recall", "precision", "referable_sensitivity", "referable_specificity",
+                "referable_auc", "best_epoch", "select_on", "n", "intervals", "screening")}
             entry["history"] = run.history.to_dict(orient="list")
         runs[step.run] = entry
     return {"profile": ctx.profile, "data": str(ctx.data_dir), "figures": str(ctx.figures),

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from . import GRADE_NAMES, GRADES
+from .errors import RetinoError
 
 
 @dataclass
@@ -99,16 +100,95 @@ def majority_baseline(run: RunResult) -> float:
     return float(eval_counts[train_counts.argmax()] / eval_counts.sum())
 
 
-def percent(frame: pd.DataFrame, columns) -> pd.DataFrame:
-    """Format fractions as percentages for display (a copy)."""
-    shown = frame.copy()
-    for column in columns:
-        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{100 * v:.1f}%")
-    return shown
-
-
 # -- tables the notebooks show (numbers always computed, never typed in) ------------------------------
 ARCH_LABELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}
+
+
+TABLE_FIGURES = {"accuracy": "accuracy", "QWK": "qwk", "macro-F1": "macro_f1", "referable AUC": "referable_auc"}
+
+
+def with_interval(value, interval=None, spec: str = ".3f") -> str:
+    """``0.62 [0.55, 0.69]``: a figure and its 95% interval, as every table of the report shows them."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    if not interval or interval[0] is None:
+        return format(value, spec)
+    return f"{value:{spec}} [{interval[0]:{spec}}, {interval[1]:{spec}}]"
+
+
+def signed_interval(difference: dict, spec: str = "+.3f") -> str:
+    """``+0.21 [+0.12, +0.30]`` for a paired difference (``uncertainty.paired_difference``)."""
+    if difference["difference"] is None:
+        return "n/a"
+    low, high = difference["interval"]
+    bounds = "" if low is None else f" [{low:{spec}}, {high:{spec}}]"
+    return f"{difference['difference']:{spec}}{bounds}"
+
+
+def kept_epoch(run: RunResult) -> str:
+    """Which epoch the run keeps and what chose it; a choice made on the test split says so."""
+    chosen_on = run.metrics.get("select_on", "test")
+    label = {"validation": "chosen on validation", "last epoch": "last epoch",
+             "test": "chosen on TEST (optimistic)"}.get(chosen_on, chosen_on)
+    return f"{run.metrics['best_epoch']} of {len(run.history)} ({label})"
+
+
+def interval_table(runs: dict[str, RunResult]) -> pd.DataFrame:
+    """One row per run: its test figures with 95% intervals, and how its checkpoint was chosen."""
+    rows = {}
+    for name, run in runs.items():
+        spans = run.metrics.get("intervals", {})
+        rows[name] = {"model": run.label, "loss": run.config.get("loss"), "sampler": run.config.get("sampler"),
+                      "kept epoch": kept_epoch(run), "test photos": run.metrics["n"],
+                      **{column: with_interval(run.metrics.get(key), spans.get(key))
+                         for column, key in TABLE_FIGURES.items()}}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def recall_intervals(runs: dict[str, RunResult]) -> pd.DataFrame:
+    """Recall per grade with its interval (rows: runs); each column names how many test photos it rests on."""
+    rows, photos = {}, None
+    for name, run in runs.items():
+        spans = run.metrics.get("intervals", {})
+        photos = run.counts.sum(1)
+        rows[name] = [with_interval(recall, spans.get(f"recall_{g}"), ".2f")
+                      for g, recall in enumerate(run.metrics["recall"])]
+    columns = [f"{g} {n} (n={photos[g] if photos is not None else 0})" for g, n in zip(GRADES, GRADE_NAMES)]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+
+
+def operating_points_table(runs: dict[str, RunResult]) -> pd.DataFrame:
+    """Screening: each run's operating points (chosen on validation) on the test split, with intervals."""
+    rows = []
+    for name, run in runs.items():
+        screening = run.metrics.get("screening", {})
+        for point in screening.get("operating_points", {}).values():
+            rows.append({"run": name, "operating point": point["label"], "threshold": round(point["threshold"], 3),
+                         "sensitivity": with_interval(point["sensitivity"], point.get("sensitivity_interval"), ".2f"),
+                         "specificity": with_interval(point["specificity"], point.get("specificity_interval"), ".2f")})
+    return pd.DataFrame(rows).set_index(["run", "operating point"]) if rows else pd.DataFrame()
+
+
+def screening_curves(runs: dict[str, RunResult]) -> dict[str, dict]:
+    """Legend label (the run and its referable AUC with interval) -> the run's screening figures."""
+    return {f"{run.label} (AUC {with_interval(run.metrics['referable_auc'], run.metrics.get('intervals', {}).get('referable_auc'), '.2f')})":
+            run.metrics["screening"] for run in runs.values() if "screening" in run.metrics}
+
+
+def predictions(run: RunResult) -> pd.DataFrame:
+    return pd.read_csv(run.path / "predictions.csv")
+
+
+def paired(run_a: RunResult, run_b: RunResult, n_resamples: int = 2000, seed: int = 0) -> dict[str, dict]:
+    """``a - b`` for every figure, with its paired bootstrap interval over the same test photos."""
+    from .uncertainty import paired_difference
+
+    a = predictions(run_a)
+    b = predictions(run_b).set_index("name").loc[a["name"]].reset_index()
+    if not (a["true_grade"].to_numpy() == b["true_grade"].to_numpy()).all():
+        raise RetinoError(f"{run_a.name} and {run_b.name} were not scored on the same test photos: retrain both")
+    return paired_difference(a["true_grade"], a["pred_grade"], b["pred_grade"], a["referable_score"],
+                             b["referable_score"], names=a["name"].tolist(), n_resamples=n_resamples, seed=seed)
 
 
 def fmt(value, spec: str = ".3f") -> str:
@@ -126,13 +206,14 @@ def missing_note(missing: list[str]) -> str:
 
 
 def metrics_table(run: RunResult) -> pd.DataFrame:
-    """Per grade: photos in the evaluated split, how often the model predicted it, recall, precision."""
+    """Per grade: test photos, how often the model predicted it, recall with its interval, precision."""
     counts = run.counts
+    spans = run.metrics.get("intervals", {})
     return pd.DataFrame({
         "photos": counts.sum(1),
         "predicted": counts.sum(0),
-        "recall": np.round(run.metrics["recall"], 3),
-        "precision": np.round(run.metrics["precision"], 3),
+        "recall [95% CI]": [with_interval(r, spans.get(f"recall_{g}"), ".2f") for g, r in enumerate(run.metrics["recall"])],
+        "precision": np.round(run.metrics["precision"], 2),
     }, index=[f"{g} {n}" for g, n in zip(GRADES, GRADE_NAMES)])
 
 

@@ -17,8 +17,10 @@ from .config import TrainConfig, save_config
 from .errors import DiskFullError, RetinoError
 from .events import append_event
 
-HISTORY_COLUMNS = ["epoch", "phase", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_qwk",
-                   "test_macro_f1", "seconds", "images_per_s"]
+SCORED_SPLITS = ("val", "test")  # every epoch scores both: validation picks, test is only drawn
+HISTORY_COLUMNS = ["epoch", "phase", "lr", "train_loss", "train_acc",
+                   *(f"{split}_{figure}" for split in SCORED_SPLITS for figure in ("loss", "acc", "qwk", "macro_f1")),
+                   "seconds", "images_per_s"]
 
 
 class RunFolder:

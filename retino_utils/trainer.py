@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import GRADES
+from . import GRADES, screening
 from .checkpoint import restore_rng_state, rng_state
 from .config import TrainConfig
 from .device import resolve_device, use_bf16, use_channels_last
@@ -33,9 +33,10 @@ from .metrics import compute_metrics
 from .models import build_model, freeze_backbone, head_parameters, set_train_mode, unfreeze_all
 from .optim import build_optimizer, build_scheduler
 from .run_folder import RunFolder, history_frame
+from .uncertainty import intervals
 
-# "last" keeps the final epoch: no epoch is chosen by the evaluated split (honest test figures).
-BEST_METRIC_COLUMNS = {"accuracy": "test_acc", "qwk": "test_qwk", "last": "epoch"}
+# The history column each best_metric compares, on the split select_on names ("last" keeps the final epoch).
+BEST_METRIC_FIGURES = {"accuracy": "acc", "qwk": "qwk"}
 
 
 @dataclass
@@ -112,6 +113,7 @@ def _train(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.DataFrame
     log(setup, flush=True)
     folder.event("start", epochs=config.epochs, description=setup)
 
+    column = selection_column(config)
     history, best, thresholds, first_epoch = [], {"metric": config.best_metric, "value": -math.inf, "epoch": 0}, None, 1
     if state is not None:
         parts.model.load_state_dict(state["model"])
@@ -130,11 +132,11 @@ def _train(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.DataFrame
                 if scheduler is not None and state["scheduler"] is not None:
                     scheduler.load_state_dict(state["scheduler"])
         row, thresholds = _run_epoch(parts, epoch, phase, train_model, optimizer, scheduler)
-        log(_epoch_line(row, config.epochs, parts.data.eval_split), flush=True)
+        log(_epoch_line(row, config.epochs), flush=True)
         history.append(row)
-        improved = row[BEST_METRIC_COLUMNS[best["metric"]]] > best["value"]
+        improved = row[column] > best["value"]
         if improved:
-            best = {**best, "value": row[BEST_METRIC_COLUMNS[best["metric"]]], "epoch": epoch}
+            best = {**best, "value": row[column], "epoch": epoch, "column": column}
         folder.save_epoch({
             "model": parts.model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None, "epoch": epoch,
@@ -148,7 +150,7 @@ def _train(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.DataFrame
 
     predictions, metrics = _score_kept_checkpoint(parts, folder.best_state(), best)
     folder.finish(predictions, metrics)
-    summary = (f"best epoch {best['epoch']} ({best['metric']} {best['value']:.4f}); {parts.data.eval_split}: "
+    summary = (f"kept epoch {best['epoch']} ({column} {best['value']:.4f}); test, scored once: "
                f"acc {metrics['accuracy']:.2%} qwk {metrics['qwk']:.3f} macro-F1 {metrics['macro_f1']:.3f}; "
                f"wrote {config.out}/predictions.csv and metrics.json")
     log(summary, flush=True)
@@ -157,13 +159,21 @@ def _train(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.DataFrame
     return history_frame(history)
 
 
+def selection_column(config: TrainConfig) -> str:
+    """The history column that picks the kept checkpoint (``epoch``: the last one)."""
+    if config.best_metric == "last":
+        return "epoch"
+    return f"{'val' if config.select_on == 'validation' else 'test'}_{BEST_METRIC_FIGURES[config.best_metric]}"
+
+
 def _describe(parts: Components) -> str:
     config, ctx = parts.config, parts.ctx
     precision = "bf16 autocast" if parts.bf16 else "fp32"
     layout = "channels_last" if parts.channels_last else "NCHW"
     procs = f" x {ctx.world_size} processes" if ctx.enabled else ""
+    val = len(parts.data.val) if parts.data.val is not None else 0
     return (f"{config.arch} (weights {config.weights or 'none'}, loss {config.loss}) on {config.data}: "
-            f"{len(parts.data.train)} train / {len(parts.data.eval)} {parts.data.eval_split} images at "
+            f"{len(parts.data.train)} train / {val} validation / {len(parts.data.test)} test images at "
             f"{config.image_size} px; {parts.device} {precision} {layout}{procs}; batch {config.batch_size}")
 
 
@@ -191,7 +201,7 @@ def _start_phase(parts: Components, phase: str):
 
 
 def _run_epoch(parts: Components, epoch, phase, train_model, optimizer, scheduler) -> tuple[dict, list | None]:
-    """Train once over the training split, then score the evaluated split: one history row."""
+    """Train once over the training split, then score validation and test: one history row."""
     config, ctx, data = parts.config, parts.ctx, parts.data
     start = time.perf_counter()
     data.train_loader.set_epoch(epoch)
@@ -201,29 +211,28 @@ def _run_epoch(parts: Components, epoch, phase, train_model, optimizer, schedule
                             bf16=parts.bf16, scheduler=scheduler, show_progress=config.progress and ctx.is_main,
                             desc=f"epoch {epoch}/{config.epochs} {phase}")
     train_outputs, train_labels = parts.gather(train)
+    val = parts.evaluate(data.val_loader) if data.val_loader is not None else None
     thresholds = None
     if config.is_regression:
-        # Cut points from eval-mode scores of the training split: the scores gathered while
-        # training come from batch statistics and a moving model, and mislead early on.
-        clean = parts.evaluate(data.train_eval_loader)
-        thresholds = [float(t) for t in tune_thresholds(clean.outputs.numpy(), clean.labels.numpy())]
+        # Cut points from eval-mode scores of the validation split (of the training split without
+        # one): the scores gathered while training come from batch statistics and a moving model.
+        tuning = val if val is not None else parts.evaluate(data.train_eval_loader)
+        thresholds = [float(t) for t in tune_thresholds(tuning.outputs.numpy(), tuning.labels.numpy())]
     loss_sum, n = ctx.sum(train.loss_sum, train.n)
-    metrics = _metrics(parts.evaluate(data.eval_loader), thresholds)
-    row = {
-        "epoch": epoch, "phase": phase, "lr": lr, "train_loss": loss_sum / max(n, 1),
-        "train_acc": float(np.mean(predict_grades(train_outputs, thresholds) == train_labels.numpy())),
-        "test_loss": metrics["loss"], "test_acc": metrics["accuracy"], "test_qwk": metrics["qwk"],
-        "test_macro_f1": metrics["macro_f1"], "seconds": time.perf_counter() - start,
-        "images_per_s": n / max(train.seconds, 1e-9),
-    }
+    row = {"epoch": epoch, "phase": phase, "lr": lr, "train_loss": loss_sum / max(n, 1),
+           "train_acc": float(np.mean(predict_grades(train_outputs, thresholds) == train_labels.numpy()))}
+    for split, result in (("val", val), ("test", parts.evaluate(data.test_loader))):
+        metrics = _metrics(result, thresholds) if result is not None else {}
+        row.update({f"{split}_loss": metrics.get("loss", math.nan), f"{split}_acc": metrics.get("accuracy", math.nan),
+                    f"{split}_qwk": metrics.get("qwk", math.nan), f"{split}_macro_f1": metrics.get("macro_f1", math.nan)})
+    row.update({"seconds": time.perf_counter() - start, "images_per_s": n / max(train.seconds, 1e-9)})
     return row, thresholds
 
 
-def _epoch_line(row: dict, epochs: int, eval_split: str) -> str:
+def _epoch_line(row: dict, epochs: int) -> str:
     return (f"epoch {row['epoch']}/{epochs} [{row['phase']}] lr {row['lr']:.2e} | train loss {row['train_loss']:.4f} "
-            f"acc {row['train_acc']:.2%} | {eval_split} loss {row['test_loss']:.4f} acc {row['test_acc']:.2%} "
-            f"qwk {row['test_qwk']:.3f} macro-F1 {row['test_macro_f1']:.3f} | "
-            f"{row['seconds']:.0f}s, {row['images_per_s']:.0f} img/s")
+            f"acc {row['train_acc']:.2%} | val acc {row['val_acc']:.2%} qwk {row['val_qwk']:.3f} | test acc "
+            f"{row['test_acc']:.2%} qwk {row['test_qwk']:.3f} | {row['seconds']:.0f}s, {row['images_per_s']:.0f} img/s")
 
 
 def _metrics(result: PassOutputs, thresholds) -> dict:
@@ -234,25 +243,45 @@ def _metrics(result: PassOutputs, thresholds) -> dict:
 
 
 def _score_kept_checkpoint(parts: Components, kept: dict, best: dict) -> tuple[pd.DataFrame, dict]:
-    """Predictions and metrics of the kept checkpoint on the evaluated split."""
+    """The kept checkpoint scored once on the test split, with its intervals and screening figures.
+
+    Everything chosen (the checkpoint, the regression cut points, the screening thresholds) comes
+    from the validation split; the test split only measures.
+    """
     config, data = parts.config, parts.data
     parts.model.load_state_dict(kept["model"])
-    thresholds = kept["thresholds"]  # tuned on the training split, never on the evaluated one
-    result = parts.evaluate(data.eval_loader, tta=config.tta)
-    metrics = _metrics(result, thresholds)
-    table = pd.DataFrame({"name": np.asarray(data.eval.names), "true_grade": result.labels.numpy(),
-                          "pred_grade": predict_grades(result.outputs, thresholds)})
-    if result.outputs.ndim == 1:
-        table["score"] = result.outputs.numpy()
+    cut_points = kept["thresholds"]
+    test = parts.evaluate(data.test_loader, tta=config.tta)
+    metrics = _metrics(test, cut_points)
+    y_true, pred = test.labels.numpy(), predict_grades(test.outputs, cut_points)
+    score = referable_scores(test.outputs)
+    names = list(data.test.names)
+    table = pd.DataFrame({"name": names, "true_grade": y_true, "pred_grade": pred})
+    if test.outputs.ndim == 1:
+        table["score"] = test.outputs.numpy()
     else:
-        probs = torch.softmax(result.outputs.double(), 1).numpy()
+        probs = torch.softmax(test.outputs.double(), 1).numpy()
         for grade in GRADES:
             table[f"p{grade}"] = probs[:, grade]
+    table["referable_score"] = score
+    if config.bootstrap:
+        metrics["intervals"] = intervals(y_true, pred, score, names, n_resamples=config.bootstrap, seed=config.seed)
+    screening_thresholds = {}
+    if data.val_loader is not None:
+        val = parts.evaluate(data.val_loader, tta=config.tta)
+        metrics["validation"] = _metrics(val, cut_points)
+        screening_thresholds = screening.choose_thresholds(val.labels.numpy(), referable_scores(val.outputs))
+    metrics["screening"] = {
+        "roc": screening.roc(y_true, score),
+        "operating_points": screening.operating_points(screening_thresholds, y_true, score, names,
+                                                       n_resamples=config.bootstrap, seed=config.seed),
+    }
     metrics.update({
-        "eval_split": data.eval_split, "best_epoch": best["epoch"], "best_metric": best["metric"],
-        "thresholds": thresholds, "tta": config.tta,
+        "eval_split": "test", "select_on": config.select_on if config.best_metric != "last" else "last epoch",
+        "best_epoch": best["epoch"], "best_metric": best["metric"], "thresholds": cut_points, "tta": config.tta,
         "train_counts": np.bincount(data.train.labels, minlength=len(GRADES)).tolist(),
-        "eval_counts": np.bincount(data.eval.labels, minlength=len(GRADES)).tolist(),
+        "val_counts": np.bincount(data.val.labels, minlength=len(GRADES)).tolist() if data.val is not None else None,
+        "eval_counts": np.bincount(data.test.labels, minlength=len(GRADES)).tolist(),
         "normalization": {"mean": list(data.mean), "std": list(data.std)},
         "config": config.to_dict(),
     })

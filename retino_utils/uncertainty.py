@@ -10,6 +10,7 @@ runs scored on the same photos, so the interval is that of the difference itself
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -77,12 +78,14 @@ def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups: np.ndarray,
     def over_groups(chosen: np.ndarray) -> np.ndarray:
         return statistic(np.concatenate([members[g] for g in chosen.astype(int)]))
 
-    result = scipy_bootstrap((np.arange(len(members)),), over_groups, n_resamples=n_resamples, vectorized=False,
-                             method="percentile", confidence_level=confidence, rng=np.random.default_rng(seed))
-    distribution = np.atleast_2d(result.bootstrap_distribution)
-    tail = 100 * (1 - confidence) / 2
-    defined = np.isfinite(distribution).mean(axis=-1) >= 0.5
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # undefined figures (NaN) are handled below, not warned about
+        warnings.simplefilter("ignore")
+        result = scipy_bootstrap((np.arange(len(members)),), over_groups, n_resamples=n_resamples,
+                                 vectorized=False, method="percentile", confidence_level=confidence,
+                                 rng=np.random.default_rng(seed))
+        distribution = np.atleast_2d(result.bootstrap_distribution)
+        tail = 100 * (1 - confidence) / 2
+        defined = np.isfinite(distribution).mean(axis=-1) >= 0.5
         low, high = (np.nanpercentile(distribution, q, axis=-1) for q in (tail, 100 - tail))
     return np.where(defined, low, np.nan), np.where(defined, high, np.nan)
 
