@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import add_output_arguments, publish
+
 from retino_utils import NUM_CLASSES, data
-from retino_utils.atomic import write_json
 from retino_utils.config import RECIPES, TrainConfig
 from retino_utils.device import resolve_device
 from retino_utils.engine import evaluate, train_one_epoch
@@ -160,19 +161,14 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=BUILD_DIR / "benchmarks" / "real_data",
                         help="run folders (kept, so an interrupted benchmark resumes)")
-    parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
-    parser.add_argument("--smoke", action="store_true", help="tiny synthetic data, 32 px, 12 seconds (for CI)")
+    add_output_arguments(parser, "tiny synthetic data, 32 px, 12 seconds (for CI)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.data, args.size, args.batch_size, args.budget_min, args.max_epochs = smoke_data(), 32, 8, 0.2, 2
     if not args.data.is_dir():
         raise RetinoError(f"no dataset at {args.data}: pass --data DIR (the eyepacs-dev photos in the lab layout)")
-    results = run(args)
-    print_table(results)
-    if args.json:
-        write_json(args.json, results)
-    return 0
+    return publish(run(args), print_table, args.json)
 
 
 if __name__ == "__main__":

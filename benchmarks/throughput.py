@@ -33,8 +33,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from _common import add_output_arguments, publish
+
 from retino_utils import data
-from retino_utils.atomic import write_json
 from retino_utils.device import autocast, resolve_device, use_bf16, use_channels_last
 from retino_utils.paths import SHARED_DATA_DIR, cache_root
 from retino_utils.synthetic import cached_dataset
@@ -184,16 +185,11 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                         help="of ours and the ceiling: auto = bf16 autocast where the hardware has native bf16")
     parser.add_argument("--compile", action="store_true", help="also torch.compile ours and the ceiling")
-    parser.add_argument("--json", type=Path, help="write the figures to this file")
-    parser.add_argument("--smoke", action="store_true", help="a few steps at 32 px on synthetic images (for CI)")
+    add_output_arguments(parser, "a few steps at 32 px on synthetic images (for CI)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.archs, args.steps, args.repeats, args.batch_size = 32, ["resnet18"], 2, 1, 8
-    results = measure(args)
-    print_table(results)
-    if args.json:
-        write_json(args.json, results)
-    return 0
+    return publish(measure(args), print_table, args.json)
 
 
 if __name__ == "__main__":

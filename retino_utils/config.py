@@ -61,8 +61,9 @@ class TrainConfig:
     hflip: bool = True
     vflip: bool = True
     rotation: float = setting(0.0, "degrees of random rotation (180 = any angle)")
-    normalize: Literal["auto", "dataset", "imagenet", "report"] = setting(
-        "auto", "auto = ImageNet stats for ImageNet weights, the training split's own otherwise")
+    normalize: Literal["auto", "dataset", "imagenet", "report", "none"] = setting(
+        "auto", "auto = ImageNet stats for ImageNet weights, the training split's own otherwise; "
+                "none = pixels scaled to [0, 1] only")
     layout: Literal["auto", "lab", "kaggle", "aptos"] = "auto"
     test_fraction: float = setting(0.2, "kaggle/aptos layouts: share of patients held out as the test split")
     split_seed: int = 0

@@ -62,7 +62,7 @@ def train_one_epoch(model, loss_fn, optimizer, loader, *, device, bf16=False, sc
 @torch.no_grad()
 def evaluate(model, loss_fn, loader, *, device, bf16=False, tta=False, show_progress=False,
              desc="eval") -> PassOutputs:
-    """Outputs on ``loader`` in eval mode; ``tta`` averages them over the four flips."""
+    """Outputs on ``loader`` in eval mode; ``tta`` averages them over the four flips (no loss without ``loss_fn``)."""
     start = time.perf_counter()
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -71,7 +71,8 @@ def evaluate(model, loss_fn, loader, *, device, bf16=False, tta=False, show_prog
         views = [x, x.flip(-1), x.flip(-2), x.flip(-1, -2)] if tta else [x]
         with autocast(device, bf16):
             out = torch.stack([_flatten_outputs(model(v)).float() for v in views]).mean(0)
-        loss_sum += loss_fn(out, y).double() * y.numel()
+        if loss_fn is not None:  # prediction has no labels to score against
+            loss_sum += loss_fn(out, y).double() * y.numel()
         outputs.append(out)
         labels.append(y)
         indices.append(idx)

@@ -1,16 +1,18 @@
 """Defaults for notebooks opened by hand: an empty path parameter means the demo build's folder.
 
-Resolved from the package, so a notebook runs from any working directory.
+Resolved from the package, so a notebook runs from any working directory. ``RETINO_DEMO_DIR`` and
+``RETINO_FIGURES_DIR`` move those defaults elsewhere (the browser test runs the notebooks that way).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .paths import BUILD_DIR, FIGURES_DIR
 from .pipeline import load_pipeline, runs_in_group
 
-DEMO_DIR = BUILD_DIR / "demo"
+DEMO_DIR = Path(os.environ.get("RETINO_DEMO_DIR") or BUILD_DIR / "demo")
 
 
 def data_dir(value: str = "") -> Path:
@@ -26,7 +28,7 @@ def data_dir(value: str = "") -> Path:
 
 
 def figures_dir(value: str = "") -> Path:
-    path = Path(value) if value else FIGURES_DIR
+    path = Path(value or os.environ.get("RETINO_FIGURES_DIR") or FIGURES_DIR)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

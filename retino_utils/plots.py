@@ -25,6 +25,15 @@ sns.set_theme(**HOUSE_STYLE)
 GRADE_LABELS = [f"{g}\n{n}" for g, n in zip(GRADES, GRADE_NAMES)]
 SPLIT_LABELS = {"train": "train", "test": "test"}
 CMAP = "Blues"
+FIGURE_LABELS = {"accuracy": "accuracy", "qwk": "QWK", "macro_f1": "macro-F1", "referable_auc": "referable AUC"}
+
+
+def nothing_to_draw(message: str = "no finished run to show yet") -> Figure:
+    """A small figure that says why it is empty (missing runs), instead of failing the notebook."""
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, message, ha="center", va="center", color="0.4", transform=ax.transAxes)
+    return fig
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
@@ -149,6 +158,8 @@ def confusion_figure(counts: np.ndarray, title: str) -> Figure:
 
 def confusion_grid(panels: Mapping[str, np.ndarray | None], ncols: int = 2, missing_note: str = "not run") -> Figure:
     """Several confusion matrices (counts) on one colour scale; a ``None`` entry leaves a labelled empty panel."""
+    if not panels:
+        return nothing_to_draw()
     nrows = int(np.ceil(len(panels) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False)
     for ax, (title, counts) in zip(axes.flat, panels.items()):
@@ -169,6 +180,8 @@ def confusion_grid(panels: Mapping[str, np.ndarray | None], ncols: int = 2, miss
 
 def recall_bars(recall: pd.DataFrame) -> Figure:
     """Recall per grade for several runs (rows): where each remedy buys sensitivity on the rare grades."""
+    if recall.empty:
+        return nothing_to_draw()
     frame = (100 * recall).rename_axis("run").reset_index().melt(id_vars="run", var_name="grade",
                                                                   value_name="recall (%)")
     fig, ax = plt.subplots(figsize=(10, 4))
@@ -186,6 +199,8 @@ def roc_curves(curves: Mapping[str, dict], reference_points: Mapping[str, tuple[
     ``curves``: legend label -> a run's ``metrics["screening"]`` (its ``roc`` and ``operating_points``);
     ``reference_points``: label -> (sensitivity, specificity) drawn as black marks for comparison.
     """
+    if not curves:
+        return nothing_to_draw()
     fig, ax = plt.subplots(figsize=(10.5, 6))
     palette = sns.color_palette(n_colors=max(len(curves), 1))
     for color, (label, screening) in zip(palette, curves.items()):
@@ -207,6 +222,53 @@ def roc_curves(curves: Mapping[str, dict], reference_points: Mapping[str, tuple[
            xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), title="Referable DR (grade 2 or worse): ROC on the test split")
     ax.set_aspect("equal")
     ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
+def overlay_grid(cells: Mapping[tuple[int, str], tuple[object, str]], title: str,
+                 kinds: Sequence[str] = ("correct", "wrong")) -> Figure:
+    """Overlays in a grid: one row per grade, one column per kind; an absent cell says so."""
+    fig, axes = plt.subplots(len(GRADES), len(kinds), figsize=(2.6 * len(kinds), 2.5 * len(GRADES)), squeeze=False)
+    for grade, row in zip(GRADES, axes):
+        for kind, ax in zip(kinds, row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(False)
+            if (grade, kind) in cells:
+                picture, caption = cells[(grade, kind)]
+                ax.imshow(picture)
+                ax.set_xlabel(caption, fontsize=7)
+            else:
+                ax.text(0.5, 0.5, f"no {kind} grade-{grade} photo", ha="center", va="center", fontsize=8,
+                        color="0.4", transform=ax.transAxes)
+            if grade == GRADES[0]:
+                ax.set_title(kind, fontsize=10)
+        row[0].set_ylabel(GRADE_LABELS[grade].replace("\n", " "), fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def interval_dots(frame: pd.DataFrame, title: str = "") -> Figure:
+    """One panel per figure: each run's value as a dot with its 95% interval as a bar (``results.interval_frame``)."""
+    if frame.empty:
+        return nothing_to_draw()
+    figures = list(dict.fromkeys(frame["figure"]))
+    runs = list(dict.fromkeys(frame["run"]))
+    fig, axes = plt.subplots(1, len(figures), figsize=(3.6 * len(figures), 0.55 * len(runs) + 1.6), sharey=True,
+                             squeeze=False)
+    for ax, figure in zip(axes[0], figures):
+        part = frame[frame["figure"] == figure].set_index("run").loc[runs]
+        y = np.arange(len(runs))
+        ax.errorbar(part["value"], y, xerr=[part["value"] - part["low"], part["high"] - part["value"]], fmt="o",
+                    color=sns.color_palette()[0], ecolor="0.4", capsize=3)
+        ax.set(title=FIGURE_LABELS.get(figure, figure), yticks=y, yticklabels=runs)
+        ax.invert_yaxis()
+        ax.grid(axis="x", color="0.9")
+    if title:
+        fig.suptitle(title)
     sns.despine(fig)
     fig.tight_layout()
     return fig

@@ -7,28 +7,35 @@ from __future__ import annotations
 
 import base64
 import html
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from .atomic import write_text
+from .atomic import atomic_path, write_text
+from .errors import RetinoError
 from .results import TABLE_FIGURES, with_interval
 from .imagenet import imagenet_weights_file
 
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2rem auto;
-       max-width: 1100px; color: #222; line-height: 1.45; padding: 0 1rem; }
+       max-width: 1320px; color: #222; line-height: 1.45; padding: 0 1rem; }
 h1 { margin-bottom: 0.2rem; } .meta { color: #666; margin-top: 0; }
 .warning { background: #fff4e5; border-left: 5px solid #f0a020; padding: 0.8rem 1rem; margin: 1rem 0; }
 .warning code { word-break: break-all; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: 0.92rem; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.8rem; display: block; overflow-x: auto; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9rem; }
 nav ul { columns: 2; }
+@page { size: A4 landscape; margin: 10mm; }
+@media print { body { max-width: none; margin: 0; } table { font-size: 0.72rem; } th, td { padding: 0.2rem 0.4rem; } }
 """
+PRINT_STYLE = "<style>@page { size: A4 landscape; margin: 10mm; }</style>"  # added to each notebook page
 
 
 def notebook_page(executed: Path, target: Path) -> None:
@@ -38,7 +45,7 @@ def notebook_page(executed: Path, target: Path) -> None:
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
-    write_text(target, body)
+    write_text(target, body.replace("</head>", f"{PRINT_STYLE}</head>", 1))
 
 
 def _image_tag(path: Path, alt: str) -> str:
@@ -75,11 +82,45 @@ def _summary_table(results: dict) -> str:
         if metrics:
             spans = metrics.get("intervals") or {}
             chosen_on = {"test": "TEST (optimistic)"}.get(metrics.get("select_on"), metrics.get("select_on"))
-            row.update({"kept epoch": f"{metrics['best_epoch']} ({chosen_on})", "test photos": metrics["n"],
+            row.update({"kept epoch": f"{metrics['best_epoch']} ({chosen_on})", "test photos": str(metrics["n"]),
                         **{column: with_interval(metrics.get(key), spans.get(key))
                            for column, key in TABLE_FIGURES.items()}})
         rows.append(row)
     return pd.DataFrame(rows).fillna("").to_html(index=False, border=0, escape=True)
+
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-pdf-header-footer")
+
+
+def find_chromium() -> str | None:
+    return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
+
+
+def export_pdf(pages: Sequence[Path], out: Path) -> Path:
+    """``out``: the pages (the index first) printed by headless Chromium and joined into one PDF."""
+    from pypdf import PdfWriter
+
+    chromium = find_chromium()
+    if chromium is None:
+        raise RetinoError("report --pdf prints with Chromium, which is not installed: apt-get install chromium "
+                          "(Debian/Ubuntu), then run the same command again")
+    writer = PdfWriter()
+    with tempfile.TemporaryDirectory() as scratch:
+        for number, page in enumerate(pages):
+            printed = Path(scratch) / f"{number:03d}.pdf"
+            result = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={scratch}/profile",
+                                     f"--print-to-pdf={printed}", page.resolve().as_uri()],
+                                    capture_output=True, text=True, timeout=300)
+            if not printed.is_file():
+                tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RetinoError(f"Chromium could not print {page} ({tail})")
+            writer.append(str(printed))
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as stream:
+                writer.write(stream)
+    return out
 
 
 def render_report(ctx, steps: Sequence, results: dict, index_figures: Sequence[Sequence[str]]) -> Path:

@@ -133,6 +133,9 @@ def kept_epoch(run: RunResult) -> str:
     return f"{run.metrics['best_epoch']} of {len(run.history)} ({label})"
 
 
+INTERVAL_COLUMNS = ["model", "loss", "sampler", "kept epoch", "test photos", *TABLE_FIGURES]
+
+
 def interval_table(runs: dict[str, RunResult]) -> pd.DataFrame:
     """One row per run: its test figures with 95% intervals, and how its checkpoint was chosen."""
     rows = {}
@@ -142,7 +145,31 @@ def interval_table(runs: dict[str, RunResult]) -> pd.DataFrame:
                       "kept epoch": kept_epoch(run), "test photos": run.metrics["n"],
                       **{column: with_interval(run.metrics.get(key), spans.get(key))
                          for column, key in TABLE_FIGURES.items()}}
-    return pd.DataFrame.from_dict(rows, orient="index")
+    return pd.DataFrame.from_dict(rows, orient="index", columns=INTERVAL_COLUMNS)
+
+
+def interval_frame(runs: dict[str, RunResult], figures=("accuracy", "qwk", "referable_auc")) -> pd.DataFrame:
+    """Long form (run, figure, value, low, high) of the test figures and their intervals, for plotting."""
+    rows = []
+    for name, run in runs.items():
+        spans = run.metrics.get("intervals", {})
+        for figure in figures:
+            low, high = spans.get(figure) or (None, None)
+            rows.append({"run": name, "figure": figure, "value": run.metrics.get(figure), "low": low, "high": high})
+    return pd.DataFrame(rows, columns=["run", "figure", "value", "low", "high"]).astype(
+        {"value": float, "low": float, "high": float})
+
+
+def ablation_settings(runs: dict[str, RunResult]) -> pd.DataFrame:
+    """What each ablation run changes: its augmentation and its normalisation statistics."""
+    rows = {}
+    for name, run in runs.items():
+        config = run.config
+        flips = [axis for axis, on in (("horizontal", config.get("hflip")), ("vertical", config.get("vflip"))) if on]
+        augmentation = ", ".join([*(f"{axis} flips" for axis in flips),
+                                  *([f"rotation up to {config.get('rotation'):g} degrees"] if config.get("rotation") else [])])
+        rows[name] = {"augmentation": augmentation or "none", "normalisation": config.get("normalize")}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["augmentation", "normalisation"])
 
 
 def recall_intervals(runs: dict[str, RunResult]) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+import yaml
 import torchvision
 
 from retino_utils.errors import RetinoError
@@ -20,7 +21,8 @@ from retino_utils.report import ReportContext, build_report, check_parameters, l
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 EXPECTED_FIGURES = [
     "data_grades.png", "data_samples.png", "comparison_resnet18.png", "comparison_resnet50.png",
-    "confusion_grid.png", "imbalance_confusion.png", "imbalance_recall.png", "screening_roc.png",
+    "confusion_grid.png", "imbalance_confusion.png", "imbalance_recall.png", "screening_roc.png", "ablation.png",
+    *[f"explanations_{run}.png" for run in ("resnet18_scratch", "resnet50_imagenet", "imbalance_regression")],
     *[f"confusion_{run}.png" for run in ("resnet18_scratch", "resnet18_imagenet", "resnet50_scratch",
                                          "resnet50_imagenet")],
 ]
@@ -143,10 +145,32 @@ def test_smoke_report_builds_everything(smoke_report):
         assert data.startswith(b"\x89PNG") and len(data) > 2000, name
     for name in ("comparison_resnet18.png", "confusion_grid.png", "imbalance_recall.png"):
         assert base64.b64encode((figures / name).read_bytes()).decode() in index
-    for step in ("data", "comparison", "confusion", "imbalance", "train_resnet50_imagenet"):
+    for step in ("data", "comparison", "confusion", "imbalance", "explanations", "ablation", "train_resnet50_imagenet"):
         page = out / "report" / f"{step}.html"
         assert page.is_file() and "data:image/png;base64" in page.read_text(), step
     assert "missing from this report" not in index
+
+
+@pytest.mark.slow
+def test_pdf_export_holds_the_index_and_every_page(smoke_report):
+    from pypdf import PdfReader
+
+    from retino_utils.render import find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); report --pdf prints with it")
+    out, _, _ = smoke_report
+    result = run_report("--profile", "smoke", "--out", out, "--device", "cpu", "--pdf",
+                        env={"RETINO_CACHE": str(out.parent / "cache"), "TORCH_HOME": str(out.parent / "torch")})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    pages = [p for p in (out / "report").glob("*.html") if p.name != "index.html"]
+    reader = PdfReader(out / "report" / "report.pdf")
+    assert len(reader.pages) > len(pages)  # the index and every notebook page, each one page or more
+    first = reader.pages[0].extract_text()
+    assert "Diabetic retinopathy grading with ResNets" in first and "kept" in first
+    text = "".join(page.extract_text() for page in reader.pages)
+    assert "Where the models look" in text and "Augmentation and normalisation" in text
+    assert sum(len(page.images) for page in reader.pages) >= 10  # the figures travel with the pages
 
 
 @pytest.mark.slow
@@ -158,15 +182,38 @@ def test_second_build_skips_every_step(smoke_report):
 
 
 @pytest.mark.slow
-def test_missing_weights_are_listed_and_fail_the_build(smoke_report, tmp_path):
+def test_missing_weights_are_listed_and_fail_only_a_strict_build(smoke_report, tmp_path):
     out, _, _ = smoke_report
     env = {"TORCH_HOME": str(tmp_path / "empty"), "RETINO_OFFLINE": "1", "RETINO_CACHE": str(tmp_path / "cache")}
     result = run_report("--profile", "smoke", "--out", tmp_path / "out", "--only", "train/*_imagenet", env=env)
-    assert result.returncode == 1
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "missing run resnet18_imagenet" in result.stdout and "resnet18-f37072fd.pth" in result.stdout
+    assert "--strict makes this an error" in result.stdout
     index = (tmp_path / "out" / "report" / "index.html").read_text()
     assert "missing from this report" in index
     assert str(tmp_path / "empty" / "hub" / "checkpoints" / "resnet50-0676ba61.pth") in index
+    strict = run_report("--profile", "smoke", "--out", tmp_path / "out", "--only", "train/*_imagenet", "--strict",
+                        env=env)
+    assert strict.returncode == 1 and "missing run resnet50_imagenet" in strict.stdout
+
+
+@pytest.mark.slow
+def test_a_failing_notebook_fails_the_build(tmp_path):
+    """The runner's own failures are never excused: a notebook that raises fails the command."""
+    broken = tmp_path / "broken.ipynb"
+    book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('figures_dir = ""'),
+                                           nbformat.v4.new_code_cell("raise ValueError('a bug in a notebook')")])
+    book.cells[0].metadata["tags"] = ["parameters"]
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(book, broken)
+    pipeline = load_pipeline()
+    pipeline["notebooks"] = [{"step": "broken", "notebook": str(broken), "parameters": {"figures_dir": "{figures}"}}]
+    pipeline["runs"] = {}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    result = run_report("--pipeline", tmp_path / "pipeline.yaml", "--profile", "smoke", "--out", tmp_path / "out",
+                        env={"RETINO_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 1
+    assert "failed step broken: ValueError: a bug in a notebook" in result.stdout
 
 
 @pytest.mark.slow

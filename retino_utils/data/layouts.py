@@ -173,13 +173,8 @@ def resolve_layout(root: str | os.PathLike, layout: str = "auto") -> str:
     return layout
 
 
-def read_split(
-    root: str | os.PathLike,
-    split: str = "train",
-    layout: str = "auto",
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
-) -> SplitIndex:
+def read_split(root: str | os.PathLike, split: str = "train", layout: str = "auto", test_fraction: float = 0.2,
+               split_seed: int = 0) -> SplitIndex:
     """The file list of one split; a bad label table raises RetinoError naming file and line."""
     scanned = scan_split(root, split, layout, test_fraction, split_seed)
     if scanned.problems:

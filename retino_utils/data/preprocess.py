@@ -157,14 +157,19 @@ def graham(
     return Image.fromarray(out.reshape(pixels.shape))
 
 
-def preprocess_image(src: Path, dst: Path, size: int, use_graham: bool) -> None:
-    """Crop to the disc, pad to square, resize; write ``dst`` atomically in the format its suffix names."""
-    photo = load_rgb(src, draft_size=2 * size)
+def prepared_photo(photo: Image.Image, size: int, use_graham: bool) -> Image.Image:
+    """Crop to the disc, pad to square, resize to ``size`` (and Graham's colour normalisation)."""
     box = disc_box(photo)
     crop = photo.crop(box)
     image = square_resize(crop, size)
     if use_graham:
         image = graham(image, photo_box(*crop.size, size), disc_circle(box, *photo.size, size))
+    return image
+
+
+def preprocess_image(src: Path, dst: Path, size: int, use_graham: bool) -> None:
+    """``prepared_photo`` of ``src``, written to ``dst`` atomically in the format its suffix names."""
+    image = prepared_photo(load_rgb(src, draft_size=2 * size), size, use_graham)
     is_png = dst.suffix.lower() == ".png"
     with atomic_path(dst) as tmp:
         if is_png:

@@ -111,12 +111,14 @@ def _normalize(x: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
 
 
 def normalization(spec) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` from ``"imagenet"``, ``"report"``, a ChannelStats, or a ``(mean, std)`` pair."""
+    """``(mean, std)`` from ``"imagenet"``, ``"report"``, ``"none"`` (pixels scaled to [0, 1] only), a
+    ChannelStats, or a ``(mean, std)`` pair."""
     if isinstance(spec, str):
-        named = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "report": (REPORT_MEAN, REPORT_STD)}
+        named = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "report": (REPORT_MEAN, REPORT_STD),
+                 "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}
         if spec not in named:
             raise RetinoError(
-                f"unknown normalization {spec!r}: use imagenet, report, or the ChannelStats of "
+                f"unknown normalization {spec!r}: use imagenet, report, none, or the ChannelStats of "
                 "retino_utils.data.channel_stats(index) for the dataset's own"
             )
         return named[spec]

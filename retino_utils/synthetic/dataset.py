@@ -1,6 +1,7 @@
 """Writing a synthetic dataset in the lab layout, byte-identical for a given set of arguments.
 
-``images/<name>.jpeg`` plus headerless ``train_img.csv`` / ``train_label.csv`` / ``test_img.csv`` /
+``images/<name>.jpeg``, the lesion mask of each in ``masks/<name>.png`` (white where lesions were
+drawn: the truth a saliency map can be scored against), plus headerless ``train_img.csv`` / ``train_label.csv`` / ``test_img.csv`` /
 ``test_label.csv``; every image is seeded from ``(seed, index)``, drawn in the shared process pool
 (``data.parallel``), and the CSVs are written last, so an interrupted run resumes.
 """
@@ -92,14 +93,28 @@ def _is_complete_image(path: Path, size: int) -> bool:
         return False
 
 
+def mask_path(image_path: str | Path) -> Path:
+    """Where the lesion mask of a synthetic photo lies: ``masks/<name>.png`` beside ``images/``."""
+    image_path = Path(image_path)
+    return image_path.parent.parent / "masks" / f"{image_path.stem}.png"
+
+
 def _make_image(path: str, grade: int, size: int, seed: int, index: int, lesion_scale: float) -> bool:
-    """Render and write one image unless a good one is already there; True if it wrote one."""
+    """Render and write one image and its lesion mask unless both are there; True if it wrote the image."""
     path = Path(path)
-    if _is_complete_image(path, size):
+    mask = mask_path(path)
+    image_done = _is_complete_image(path, size)
+    if image_done and mask.is_file():
         return False
     eye = "left" if path.stem.endswith("_left") else "right"
     # The middle 0 keeps image streams apart from the label shuffles, seeded [seed, 1, split].
-    pixels = render_fundus(grade, size, np.random.default_rng([seed, 0, index]), eye=eye, lesion_scale=lesion_scale)
+    pixels, lesions = render_fundus(grade, size, np.random.default_rng([seed, 0, index]), eye=eye,
+                                    lesion_scale=lesion_scale, with_mask=True)
+    buffer = io.BytesIO()
+    Image.fromarray(lesions.astype(np.uint8) * 255).save(buffer, "PNG")
+    write_bytes(mask, buffer.getvalue())
+    if image_done:
+        return False
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=JPEG_QUALITY)
     write_bytes(path, buffer.getvalue())
@@ -156,7 +171,8 @@ def _is_complete(out: Path, plan: dict[str, list[tuple[str, int]]]) -> bool:
     if not all(p.is_file() for p in _csv_paths(out)) or not (out / "images").is_dir():
         return False
     present = set(os.listdir(out / "images"))
-    return all(f"{name}.jpeg" in present for rows in plan.values() for name, _ in rows)
+    masks = set(os.listdir(out / "masks")) if (out / "masks").is_dir() else set()
+    return all(f"{name}.jpeg" in present and f"{name}.png" in masks for rows in plan.values() for name, _ in rows)
 
 
 def generate_dataset(out: str | os.PathLike, n_train: int, n_test: int, size: int = 256, seed: int = 0,
@@ -183,6 +199,7 @@ def generate_dataset(out: str | os.PathLike, n_train: int, n_test: int, size: in
     images.mkdir(parents=True, exist_ok=True)
     write_json(out / PARAMS_FILE, params)
     remove_stale_temp_files(images)  # left by an interrupted write
+    remove_stale_temp_files(out / "masks")
     tasks = [(name, (str(images / f"{name}.jpeg"), grade, size, seed, index, float(lesion_scale)))
              for index, (name, grade) in enumerate(row for split in SPLITS for row in plan[split])]
     started = time.perf_counter()

@@ -610,9 +610,16 @@ def _expose(rng: np.random.Generator, img: np.ndarray, scene: _Scene, camera: _C
     return np.asarray(pixels)
 
 
+LESION_LEVEL = 0.05  # a pixel whose lesion layers rose by more than this belongs to the lesion mask
+
+
 def render_fundus(grade: int, size: int, rng: np.random.Generator, eye: str | None = None,
-                  lesion_scale: float = 1.0) -> np.ndarray:
-    """One synthetic fundus photo of ``grade`` as an (H, W, 3) uint8 array.
+                  lesion_scale: float = 1.0, with_mask: bool = False):
+    """One synthetic fundus photo of ``grade`` as an (H, W, 3) uint8 array (and its lesion mask).
+
+    With ``with_mask`` it returns ``(pixels, mask)``: a boolean (H, W) array, True where the lesions
+    of the grade (not the normal variation, not the vessels) were drawn, inside the camera field.
+    The mask is read off the drawing layers and draws nothing at random, so the photo is the same.
 
     The rng is split into four streams (camera, anatomy, normal variation, lesions), so the
     same rng state gives the same eye and photo for every grade: only the lesions differ.
@@ -638,6 +645,7 @@ def render_fundus(grade: int, size: int, rng: np.random.Generator, eye: str | No
     beading = lesion_rng.uniform(0.3, 0.7) if grade >= 3 and lesion_rng.random() < 0.6 else 0.0
     _draw_vessels(lesion_rng, scene, vessels, beading)
     _add_normal_variation(normal_rng, scene)
+    before = _lesion_layers(scene) if with_mask else None
     if grade > 0:
         severity, contrast = lesion_rng.random(), lesion_rng.uniform(0.5, 1.0)
         _LESIONS_BY_GRADE[grade](lesion_rng, scene, severity, contrast)
@@ -646,7 +654,20 @@ def render_fundus(grade: int, size: int, rng: np.random.Generator, eye: str | No
     rho2 = (dx * dx + dy * dy) * np.float32(1 / camera.radius**2)
     img = _retina(anatomy_rng, camera, frame, anatomy, dx, dy, rho2)
     _optic_disc(anatomy_rng, img, frame, anatomy)
-    return _expose(cam_rng, img, scene, camera, dx, dy, rho2)
+    pixels = _expose(cam_rng, img, scene, camera, dx, dy, rho2)
+    if not with_mask:
+        return pixels
+    grown = np.max([after - earlier for after, earlier in zip(_lesion_layers(scene), before)], axis=0)
+    in_field = rho2 < 1
+    if camera.band is not None:
+        in_field &= np.abs(dy) < np.float32(camera.band)
+    return pixels, (grown > LESION_LEVEL) & in_field
+
+
+def _lesion_layers(scene: _Scene) -> list[np.ndarray]:
+    """Copies of the layers lesions are drawn into, at output size (the blood canvas reduced)."""
+    canvas = np.asarray(scene.canvas.reduce(SUPERSAMPLE), dtype=np.float32) * np.float32(1 / 255)
+    return [canvas, scene.blood.copy(), scene.exudate.copy(), scene.cotton.copy()]
 
 
 def sample_grid(size: int = 256, columns: int = 6, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,114 @@
+"""Grading new photos with a trained run: the run's own figures reproduced exactly, any photo format,
+unreadable files reported, overlays written; and the synthetic lesion masks the pointing score uses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from retino_utils.config import TrainConfig
+from retino_utils.data import read_split
+from retino_utils.data.images import load_rgb, square_resize
+from retino_utils.predict import Predictor
+from retino_utils.synthetic import generate_dataset, mask_path, render_fundus
+from retino_utils.train import fit
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dataset):
+    out = tmp_path_factory.mktemp("run") / "run"
+    fit(TrainConfig(data=str(tiny_dataset), out=str(out), epochs=2, batch_size=8, image_size=32, device="cpu",
+                    progress=False, bootstrap=200, lr=0.01, val_fraction=0.25))
+    return out
+
+
+def predict_cli(*args):
+    return subprocess.run([sys.executable, "-m", "retino_utils.predict", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
+
+
+def test_predicting_the_test_split_reproduces_the_run(trained, tiny_dataset, tmp_path):
+    result = predict_cli(trained, tiny_dataset, "--out", tmp_path / "grades.csv", "--cam", tmp_path / "cam")
+    assert result.returncode == 0, result.stderr
+    ours = pd.read_csv(tmp_path / "grades.csv")
+    own = pd.read_csv(trained / "predictions.csv")
+    assert ours["name"].tolist() == own["name"].tolist()
+    assert ours["pred_grade"].tolist() == own["pred_grade"].tolist()
+    assert ours["true_grade"].tolist() == own["true_grade"].tolist()
+    for column in ["p0", "p1", "p2", "p3", "p4", "referable_score"]:
+        np.testing.assert_allclose(ours[column], own[column], atol=2e-6)
+    scored = json.loads((tmp_path / "grades.metrics.json").read_text())
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for key in ("accuracy", "qwk", "macro_f1", "referable_auc"):
+        assert scored[key] == pytest.approx(metrics[key]), key
+    assert scored["intervals"]["accuracy"] == pytest.approx(metrics["intervals"]["accuracy"])
+    threshold = metrics["screening"]["operating_points"]["target"]["threshold"]
+    assert (ours["refer"] == (ours["referable_score"] >= threshold)).all()
+    overlays = sorted((tmp_path / "cam").glob("*.png"))
+    assert [p.stem for p in overlays] == sorted(own["name"])
+    assert Image.open(overlays[0]).size == (32, 32)
+
+
+def test_other_sizes_and_modes_grade_as_their_converted_copies(trained, tiny_dataset, tmp_path):
+    predictor = Predictor.from_run(trained)
+    photo = read_split(tiny_dataset, "test").paths[0]
+    rgb = load_rgb(photo)
+    variants = {
+        "rgba": rgb.resize((48, 40)).convert("RGBA"),
+        "grey": rgb.convert("L").resize((50, 50)),
+        "large": rgb.resize((90, 90)),
+    }
+    for name, image in variants.items():
+        original = tmp_path / f"{name}.png"
+        image.save(original)
+        converted = tmp_path / f"{name}-converted.png"
+        square_resize(load_rgb(original), predictor.image_size).save(converted)
+        table = predictor([original, converted, image])  # a path, its converted copy, the PIL image itself
+        assert table["pred_grade"].nunique() == 1, name
+        np.testing.assert_allclose(table["referable_score"], table["referable_score"].iloc[0], rtol=1e-6)
+
+
+def test_a_folder_or_a_list_with_unreadable_photos(trained, tiny_dataset, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in read_split(tiny_dataset, "test").paths[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.jpeg").write_bytes(b"not a photo")
+    result = predict_cli(trained, folder, "--out", tmp_path / "grades.csv")
+    assert result.returncode == 1
+    assert f"could not grade {folder / 'broken.jpeg'}: not an image file" in result.stderr
+    table = pd.read_csv(tmp_path / "grades.csv")
+    assert len(table) == 3 and "true_grade" not in table and set(table["pred_grade"]) <= set(range(5))
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"photos/{p.name}\n" for p in sorted(folder.glob("1*.jpeg")) + sorted(folder.glob("t*.jpeg"))))
+    listed = predict_cli(trained, listing, "--out", tmp_path / "listed.csv")
+    assert listed.returncode == 0, listed.stderr
+    assert pd.read_csv(tmp_path / "listed.csv")["pred_grade"].tolist() == table["pred_grade"].tolist()
+
+
+def test_a_folder_that_is_no_run_is_one_line(tmp_path):
+    result = predict_cli(tmp_path, tmp_path, "--out", tmp_path / "g.csv")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no finished run" in result.stderr
+
+
+def test_lesion_masks_are_written_and_leave_the_photos_unchanged(tmp_path):
+    root = generate_dataset(tmp_path / "syn", 30, 10, size=64, seed=1, progress=False, lesion_scale=2.5)
+    index = read_split(root, "train")
+    grades_with_lesions = []
+    for path, grade in zip(index.paths, index.labels):
+        mask = np.asarray(Image.open(mask_path(path)))
+        assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+        if grade == 0:
+            assert not mask.any()
+        grades_with_lesions.append(grade >= 2 and mask.any())
+    assert any(grades_with_lesions)
+    for grade in range(5):
+        rng = [1, grade, 7]
+        plain = render_fundus(grade, 64, np.random.default_rng(rng), lesion_scale=2.5)
+        pixels, lesions = render_fundus(grade, 64, np.random.default_rng(rng), lesion_scale=2.5, with_mask=True)
+        assert np.array_equal(plain, pixels) and lesions.dtype == bool
