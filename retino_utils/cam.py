@@ -79,9 +79,7 @@ def lesion_share(heat: np.ndarray, lesions: np.ndarray, field: np.ndarray) -> tu
     A model that looks at the lesions puts far more of its mass on them than their area share; one
     that learned a shortcut (the border, the brightness, the optic disc) does not.
     """
-    mass = heat * field
-    total = mass.sum()
-    area = field.sum()
-    if total <= 0 or area <= 0:
-        return float("nan"), float(lesions[field].mean()) if area else float("nan")
-    return float(mass[lesions & field].sum() / total), float((lesions & field).sum() / area)
+    mass, on_lesions = heat * field, lesions & field
+    total, area = mass.sum(), field.sum()
+    area_share = on_lesions.sum() / area if area else float("nan")
+    return float(mass[on_lesions].sum() / total) if total > 0 else float("nan"), float(area_share)

@@ -41,15 +41,15 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], referable_scor
                                                 average=None, zero_division=np.nan)
     return {
         "n": int(y_true.size),
-        "accuracy": _json_float(skm.accuracy_score(y_true, y_pred)),
-        "qwk": _json_float(qwk),
-        "macro_f1": _json_float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "accuracy": json_float(skm.accuracy_score(y_true, y_pred)),
+        "qwk": json_float(qwk),
+        "macro_f1": json_float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "recall": _json_list(skm.recall_score(y_true, y_pred, **per_class)),
         "precision": _json_list(skm.precision_score(y_true, y_pred, **per_class)),
         "confusion": _json_list(skm.confusion_matrix(y_true, y_pred, labels=labels, normalize="true")),
         "confusion_counts": skm.confusion_matrix(y_true, y_pred, labels=labels).astype(int).tolist(),
-        "referable_sensitivity": _json_float(sensitivity),
-        "referable_specificity": _json_float(specificity),
+        "referable_sensitivity": json_float(sensitivity),
+        "referable_specificity": json_float(specificity),
         "referable_auc": _referable_auc(true_referable, referable_score),
     }
 
@@ -71,14 +71,15 @@ def _referable_auc(true_referable: np.ndarray, referable_score) -> float | None:
         return None
     from sklearn.metrics import roc_auc_score
 
-    return _json_float(roc_auc_score(true_referable, scores))
+    return json_float(roc_auc_score(true_referable, scores))
 
 
-def _json_float(value) -> float | None:
+def json_float(value) -> float | None:
+    """A float for JSON: None where the figure is undefined (NaN, or infinite)."""
     value = float(value)
-    return None if math.isnan(value) else value
+    return value if math.isfinite(value) else None
 
 
 def _json_list(array: np.ndarray) -> list:
     """Nested Python floats, NaN as None."""
-    return [_json_list(item) if np.ndim(item) else _json_float(item) for item in np.asarray(array)]
+    return [_json_list(item) if np.ndim(item) else json_float(item) for item in np.asarray(array)]

@@ -38,6 +38,7 @@ from .errors import RetinoError, run_cli
 from .metrics import compute_metrics
 from .models import build_model
 from .progress import progress
+from .results import with_interval
 from .screening import operating_points
 from .uncertainty import N_RESAMPLES, intervals
 
@@ -92,7 +93,7 @@ class Predictor:
                               f"training completed")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         config = load_config(run_dir / "config.yaml")
-        target = torch.device(resolve_device(device if device != "auto" else config.device))
+        target = resolve_device(device if device != "auto" else config.device)
         model = build_model(config.arch, None, num_classes=1 if config.is_regression else len(GRADES),
                             impl=config.impl)
         model.load_state_dict(load_checkpoint(run_dir / checkpoint)["model"])
@@ -104,7 +105,7 @@ class Predictor:
                    target_point["threshold"] if target_point else None, target, use_bf16(target, config.precision),
                    channels_last, batch_size or 2 * config.batch_size, metrics)
 
-    def loader(self, photos: _Photos) -> BatchLoader:
+    def loader(self, photos) -> BatchLoader:
         return BatchLoader(photos, self.batch_size, shuffle=False, augment=False, mean=self.mean, std=self.std,
                            device=self.device, channels_last=self.channels_last)
 
@@ -131,14 +132,30 @@ class Predictor:
              graham: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Each photo as the model saw it (N, S, S, 3 uint8) and its Grad-CAM (N, S, S in [0, 1])."""
         source = _Photos(photos, self.image_size, preprocess, graham)
-        seen, heat = [], []
-        for start in range(0, len(source), self.batch_size):
-            indices = np.arange(start, min(start + self.batch_size, len(source)))
-            x, _, _ = self.loader(source).batch(indices)
-            seen.append(np.stack([source.pixels(i) for i in indices]))
-            heat.append(upsample(grad_cam(self.model, x, target).cpu(), self.image_size))
-        empty = np.zeros((0, self.image_size, self.image_size))
-        return (np.concatenate(seen) if seen else empty.astype(np.uint8)), (np.concatenate(heat) if heat else empty)
+        seen = np.zeros((len(source), self.image_size, self.image_size, 3), dtype=np.uint8)
+        source.read(np.arange(len(source)), seen)
+        decoded = _Decoded(seen)  # the batches below reuse these pixels instead of decoding again
+        loader = self.loader(decoded)
+        heat = np.zeros(seen.shape[:3], dtype=np.float32)
+        for start in range(0, len(seen), self.batch_size):
+            batch = np.arange(start, min(start + self.batch_size, len(seen)))
+            heat[batch] = upsample(grad_cam(self.model, loader.batch(batch)[0], target).cpu(), self.image_size)
+        return seen, heat
+
+
+class _Decoded:
+    """Photos already decoded (N, S, S, 3 uint8), as a batch source."""
+
+    def __init__(self, pixels: np.ndarray):
+        self.pixels = pixels
+        self.image_size = pixels.shape[1]
+        self.labels = np.zeros(len(pixels), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def read(self, indices: np.ndarray, out: np.ndarray) -> None:
+        out[:] = self.pixels[indices]
 
 
 # -- inputs --------------------------------------------------------------------------------------------
@@ -228,10 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = score_against_labels(table, predictor)
         write_json(args.out.with_suffix(".metrics.json"), metrics)
         spans = metrics["intervals"]
-        print(f"against the labels: accuracy {metrics['accuracy']:.1%} {_span(spans['accuracy'], '.1%')}, "
-              f"QWK {metrics['qwk']:.3f} {_span(spans['qwk'])}, referable AUC "
-              f"{metrics['referable_auc'] if metrics['referable_auc'] is None else format(metrics['referable_auc'], '.3f')}"
-              f" (all figures in {args.out.with_suffix('.metrics.json')})")
+        print(f"against the labels: accuracy {with_interval(metrics['accuracy'], spans['accuracy'], '.1%')}, "
+              f"QWK {with_interval(metrics['qwk'], spans['qwk'])}, referable AUC "
+              f"{with_interval(metrics['referable_auc'], spans['referable_auc'])} "
+              f"(all figures in {args.out.with_suffix('.metrics.json')})")
     if args.cam:
         write_overlays(predictor, [inputs.paths[i] for i in good], [inputs.names[i] for i in good], args.cam,
                        args.cam_target, args.preprocess, args.graham)
@@ -251,10 +268,6 @@ def write_overlays(predictor: Predictor, paths: list[Path], names: list[str], fo
             picture = overlay(photo, cam)
             with atomic_path(folder / f"{name}.png") as tmp:
                 picture.save(tmp, format="PNG")
-
-
-def _span(interval, spec: str = ".3f") -> str:
-    return "" if not interval or interval[0] is None else f"[{interval[0]:{spec}}, {interval[1]:{spec}}]"
 
 
 if __name__ == "__main__":

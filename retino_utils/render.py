@@ -17,7 +17,7 @@ import pandas as pd
 
 from .atomic import atomic_path, write_text
 from .errors import RetinoError
-from .results import TABLE_FIGURES, with_interval
+from .results import TABLE_FIGURES, kept_epoch_label, with_interval
 from .imagenet import imagenet_weights_file
 
 STYLE = """
@@ -81,8 +81,8 @@ def _summary_table(results: dict) -> str:
                "sampler": settings.get("sampler"), "status": run["status"]}
         if metrics:
             spans = metrics.get("intervals") or {}
-            chosen_on = {"test": "TEST (optimistic)"}.get(metrics.get("select_on"), metrics.get("select_on"))
-            row.update({"kept epoch": f"{metrics['best_epoch']} ({chosen_on})", "test photos": str(metrics["n"]),
+            row.update({"kept epoch": kept_epoch_label(metrics["best_epoch"], metrics.get("select_on")),
+                        "test photos": str(metrics["n"]),
                         **{column: with_interval(metrics.get(key), spans.get(key))
                            for column, key in TABLE_FIGURES.items()}})
         rows.append(row)

@@ -125,12 +125,27 @@ def signed_interval(difference: dict, spec: str = "+.3f") -> str:
     return f"{difference['difference']:{spec}}{bounds}"
 
 
+CHOSEN_ON = {"validation": "chosen on validation", "last epoch": "last epoch", "test": "chosen on TEST (optimistic)"}
+
+
+def difference_verdict(difference: dict) -> str:
+    """What a paired interval says: a real gain or loss only where it excludes zero."""
+    low, high = difference["interval"]
+    if low is None:
+        return "not measurable here"
+    return "a real gain" if low > 0 else "a real loss" if high < 0 else "not distinguishable from zero"
+
+
+def kept_epoch_label(best_epoch: int, select_on: str | None) -> str:
+    """``3 (chosen on validation)``; a checkpoint chosen on the test split says so loudly."""
+    chosen_on = select_on or "test"  # runs from before the validation split chose on the test split
+    return f"{best_epoch} ({CHOSEN_ON.get(chosen_on, chosen_on)})"
+
+
 def kept_epoch(run: RunResult) -> str:
-    """Which epoch the run keeps and what chose it; a choice made on the test split says so."""
-    chosen_on = run.metrics.get("select_on", "test")
-    label = {"validation": "chosen on validation", "last epoch": "last epoch",
-             "test": "chosen on TEST (optimistic)"}.get(chosen_on, chosen_on)
-    return f"{run.metrics['best_epoch']} of {len(run.history)} ({label})"
+    """Which epoch the run keeps, of how many, and what chose it."""
+    label = kept_epoch_label(run.metrics["best_epoch"], run.metrics.get("select_on"))
+    return label.replace(" (", f" of {len(run.history)} (", 1)
 
 
 INTERVAL_COLUMNS = ["model", "loss", "sampler", "kept epoch", "test photos", *TABLE_FIGURES]

@@ -70,7 +70,7 @@ class RunFolder:
         return state is not None and state["epoch"] >= epochs and (self.out / "metrics.json").is_file()
 
     # -- writing -------------------------------------------------------------------------------
-    def start(self, config: TrainConfig, state: dict | None) -> None:
+    def start(self, state: dict | None) -> None:
         """Clear what a killed run left, and bring the history in line with the checkpoint."""
         if not self.writes:
             return

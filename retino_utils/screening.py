@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .metrics import REFERABLE_GRADE
-from .uncertainty import N_RESAMPLES, bootstrap, patient_groups
+from .metrics import REFERABLE_GRADE, json_float
+from .uncertainty import N_RESAMPLES, bootstrap, patient_groups, sensitivity_specificity
 
 SENSITIVITY_TARGET = 0.87
 # (sensitivity, specificity) of published systems, for comparison marks on the ROC figure.
@@ -46,12 +46,6 @@ def choose_thresholds(y_true, score) -> dict[str, float]:
             "youden": float(thresholds[np.argmax(tpr - fpr)])}
 
 
-def sensitivity_specificity(y_true: np.ndarray, refer: np.ndarray) -> np.ndarray:
-    positive = y_true >= REFERABLE_GRADE
-    return np.array([refer[positive].mean() if positive.any() else np.nan,
-                     (~refer[~positive]).mean() if (~positive).any() else np.nan])
-
-
 def operating_points(thresholds: dict[str, float], y_true, score, names: Sequence[str] | None = None,
                      n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, dict]:
     """Each threshold applied to this split: sensitivity and specificity with bootstrap intervals."""
@@ -61,16 +55,12 @@ def operating_points(thresholds: dict[str, float], y_true, score, names: Sequenc
     for name, threshold in thresholds.items():
         refer = score >= threshold
         sens, spec = sensitivity_specificity(y_true, refer)
-        entry = {"label": POINT_NAMES[name], "threshold": threshold, "sensitivity": _json(sens),
-                 "specificity": _json(spec)}
+        entry = {"label": POINT_NAMES[name], "threshold": threshold, "sensitivity": json_float(sens),
+                 "specificity": json_float(spec)}
         if n_resamples:
             low, high = bootstrap(lambda idx: sensitivity_specificity(y_true[idx], refer[idx]), groups,
                                   n_resamples, seed)
-            entry["sensitivity_interval"] = [_json(low[0]), _json(high[0])]
-            entry["specificity_interval"] = [_json(low[1]), _json(high[1])]
+            entry["sensitivity_interval"] = [json_float(low[0]), json_float(high[0])]
+            entry["specificity_interval"] = [json_float(low[1]), json_float(high[1])]
         points[name] = entry
     return points
-
-
-def _json(value: float) -> float | None:
-    return None if not np.isfinite(value) else float(value)

@@ -102,7 +102,7 @@ def run_training(config: TrainConfig, on_epoch_end: Callable[[dict], None] | Non
 def _train(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.DataFrame:
     log = print if ctx.is_main else (lambda *args, **kwargs: None)
     state = folder.resume_state(config)
-    folder.start(config, state)
+    folder.start(state)
     if folder.is_finished(state, config.epochs):
         log(f"{config.out}: run already complete ({state['epoch']} epochs), reusing it", flush=True)
         return history_frame(state["history"])

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import NUM_CLASSES
 from .data.layouts import patient_of
-from .metrics import REFERABLE_GRADE
+from .metrics import REFERABLE_GRADE, json_float
 
 N_RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -46,10 +46,15 @@ def figures(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray | None = N
         expected = np.outer(true_totals, pred_totals) / n
         disagreement = (weights * expected).sum()
         qwk = 1 - (weights * counts).sum() / disagreement if disagreement > 0 else 0.0
-    true_ref, pred_ref = y_true >= REFERABLE_GRADE, y_pred >= REFERABLE_GRADE
-    sensitivity = pred_ref[true_ref].mean() if true_ref.any() else np.nan
-    specificity = (~pred_ref[~true_ref]).mean() if (~true_ref).any() else np.nan
-    return np.array([diagonal.sum() / n, qwk, f1.mean(), *recall, auc(true_ref, score), sensitivity, specificity])
+    return np.array([diagonal.sum() / n, qwk, f1.mean(), *recall, auc(y_true >= REFERABLE_GRADE, score),
+                     *sensitivity_specificity(y_true, y_pred >= REFERABLE_GRADE)])
+
+
+def sensitivity_specificity(y_true: np.ndarray, refer: np.ndarray) -> np.ndarray:
+    """Of a referral decision per photo, against referable DR (grade 2 or worse); NaN without such photos."""
+    positive = y_true >= REFERABLE_GRADE
+    return np.array([refer[positive].mean() if positive.any() else np.nan,
+                     (~refer[~positive]).mean() if (~positive).any() else np.nan])
 
 
 def auc(positive: np.ndarray, score: np.ndarray | None) -> float:
@@ -98,7 +103,7 @@ def intervals(y_true, y_pred, score=None, names: Sequence[str] | None = None, n_
     groups = patient_groups(names) if names is not None else np.arange(len(y_true))
     low, high = bootstrap(lambda idx: figures(y_true[idx], y_pred[idx], None if score is None else score[idx]),
                           groups, n_resamples, seed)
-    return {name: [_json(lo), _json(hi)] for name, lo, hi in zip(FIGURES, low, high)}
+    return {name: [json_float(lo), json_float(hi)] for name, lo, hi in zip(FIGURES, low, high)}
 
 
 def paired_difference(y_true, pred_a, pred_b, score_a=None, score_b=None, names: Sequence[str] | None = None,
@@ -116,9 +121,7 @@ def paired_difference(y_true, pred_a, pred_b, score_a=None, score_b=None, names:
     groups = patient_groups(names) if names is not None else np.arange(len(y_true))
     point = difference(np.arange(len(y_true)))
     low, high = bootstrap(difference, groups, n_resamples, seed)
-    return {name: {"difference": _json(d), "interval": [_json(lo), _json(hi)]}
+    return {name: {"difference": json_float(d), "interval": [json_float(lo), json_float(hi)]}
             for name, d, lo, hi in zip(FIGURES, point, low, high)}
 
 
-def _json(value: float) -> float | None:
-    return None if not np.isfinite(value) else float(value)

@@ -177,15 +177,16 @@ def read_split(root: str | os.PathLike, split: str = "train", layout: str = "aut
                split_seed: int = 0) -> SplitIndex:
     """The file list of one split; a bad label table raises RetinoError naming file and line."""
     scanned = scan_split(root, split, layout, test_fraction, split_seed)
-    if scanned.problems:
-        where, reason = scanned.problems[0]
-        more = len(scanned.problems) - 1
-        extra = f" (and {more} more problems)" if more else ""
-        raise RetinoError(
-            f"{where}: {reason}{extra}; fix the label files "
-            f"(python -m retino_utils.data validate {root} lists every problem)"
-        )
+    refuse(scanned.problems, f"fix the label files (python -m retino_utils.data validate {root} lists every problem)")
     return scanned.index
+
+
+def refuse(problems: list[tuple[str, str]], advice: str) -> None:
+    """One line for a list of problems: the first with where it is, how many more, and what to do."""
+    if problems:
+        where, reason = problems[0]
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise RetinoError(f"{where}: {reason}{more}; {advice}")
 
 
 def scan_split(
@@ -250,12 +251,8 @@ def shared_photos(train: SplitIndex, test: SplitIndex) -> list[tuple[str, str]]:
 
 def check_disjoint(train: SplitIndex, test: SplitIndex) -> None:
     """Refuse a photo that is in both splits: training on it would inflate every test figure."""
-    shared = shared_photos(train, test)
-    if shared:
-        where, reason = shared[0]
-        more = f" (and {len(shared) - 1} more)" if len(shared) > 1 else ""
-        raise RetinoError(f"{where}: {reason}{more}; a photo in both splits leaks test answers into training: "
-                          f"remove it from one of the two CSV files (--skip-bad does not apply to this)")
+    refuse(shared_photos(train, test), "a photo in both splits leaks test answers into training: remove it from one "
+                                       "of the two CSV files (--skip-bad does not apply to this)")
 
 
 def _required(root: Path, name: str, layout: str) -> Path:
