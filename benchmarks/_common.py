@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Callable
 
 from retino_utils.atomic import write_json
+from retino_utils.errors import RetinoError
+from retino_utils.paths import BUILD_DIR, SHARED_DATA_DIR, cache_root
+
+REAL_DATA = SHARED_DATA_DIR / "eyepacs-dev"
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, smoke_help: str) -> None:
@@ -20,3 +24,32 @@ def publish(results: dict, print_table: Callable[[dict], None], json_path: Path 
     if json_path:
         write_json(json_path, results)
     return 0
+
+
+def real_data_parser(description: str, out_name: str, smoke_help: str) -> argparse.ArgumentParser:
+    """The flags of the scripts that train on real photos: data, seed, device, kept run folders, output."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, default=REAL_DATA, help="dataset in the lab layout (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=BUILD_DIR / "benchmarks" / out_name,
+                        help="run folders (kept, so an interrupted benchmark resumes)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    add_output_arguments(parser, smoke_help)
+    return parser
+
+
+def run_on_real_data(args, run: Callable, print_table: Callable[[dict], None]) -> int:
+    """``run(args)`` on the real photos, or on tiny synthetic ones with ``--smoke``; then publish."""
+    if args.smoke:
+        args.data = smoke_data()
+    if not args.data.is_dir():
+        raise RetinoError(f"no dataset at {args.data}: pass --data DIR (the eyepacs-dev photos in the lab layout)")
+    return publish(run(args), print_table, args.json)
+
+
+def smoke_data() -> Path:
+    """A tiny synthetic dataset in the lab layout (what CI has when ../shared is absent)."""
+    from retino_utils.synthetic import cached_dataset
+
+    return cached_dataset(cache_root() / "benchmark-real-data-smoke", 48, 24, size=64)

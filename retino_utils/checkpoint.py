@@ -1,4 +1,4 @@
-"""Checkpoints: one dict {model, optimizer, scheduler, epoch, config, history, rng, best}, serialised
+"""Checkpoints: one dict {model, optimizer, scheduler, epoch, config, history, rng, best, ema}, serialised
 in memory first (so its size is known before the disk is touched), replaced atomically, and read
 back with ``weights_only=True`` (no arbitrary code from a file)."""
 
@@ -46,3 +46,11 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def scored_weights(state: dict) -> dict:
+    """The weights a run evaluates and keeps: the moving average's where it trained one (``ema``)."""
+    averaged = state.get("ema")
+    if not averaged:
+        return state["model"]
+    return {key.removeprefix("module."): value for key, value in averaged.items() if key.startswith("module.")}

@@ -17,11 +17,15 @@ from .errors import RetinoError
 RECIPES: dict[str, dict] = {
     # The reference reports' recipe: plain cross entropy, SGD 1e-3, flips.
     "reports": {},
-    # Chosen on a validation split of the 2,490 eyepacs-dev training photos (benchmarks/real_data.py;
-    # the README's performance section lists what else was tried): a regression head with QWK-tuned
-    # cut points, a class-balanced sampler, any-angle rotations and a one-cycle schedule. The report's
-    # imbalance runs use it for its optimisation settings and set their own loss and sampler.
-    "best-cpu": {"lr": 0.003, "schedule": "onecycle", "rotation": 180.0, "loss": "mse", "sampler": "weighted"},
+    # ResNet-18 from scratch on real photos in under 45 minutes of a 2-core CPU, each lever measured on a
+    # validation split of the 2,490 eyepacs-dev training photos (benchmarks/cpu_levers.py, README
+    # "Quality on real photos"): a regression head cut at the training grade frequencies, AdamW
+    # one-cycle, every grade drawn equally often, any-angle rotations, 128 -> 192 -> 256 px, a moving
+    # average of the weights, the two eyes of a patient blended, the checkpoint with the best
+    # validation QWK. The report's imbalance and ablation runs use it with their own loss and sampler.
+    "best-cpu": {"loss": "mse", "cut_points": "frequencies", "optimizer": "adamw", "lr": 0.001,
+                 "schedule": "onecycle", "sampler": "weighted", "rotation": 180.0, "image_size": 256,
+                 "sizes": "128:14,192:10", "epochs": 40, "ema": 0.99, "fuse_eyes": 0.25, "best_metric": "qwk"},
 }
 
 def setting(default, help: str):
@@ -49,18 +53,29 @@ class TrainConfig:
     fe_epochs: int = setting(0, "leading feature-extraction epochs (backbone frozen, only the head trains)")
     batch_size: int = 32
     lr: float = 1e-3
+    optimizer: Literal["sgd", "adamw"] = setting("sgd", "sgd = SGD with momentum (the reports'); adamw = AdamW")
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: Literal["none", "cosine", "onecycle"] = "none"
     warmup_epochs: int = setting(0, "linear warm-up epochs at the start of fine-tuning (none/cosine schedules)")
     image_size: int = 256
+    sizes: str = setting("", "progressive resizing: smaller sizes trained first, as SIZE:EPOCHS pairs (e.g. "
+                         "128:10,192:8); the remaining epochs train at image_size, and only they can be kept")
     loss: Literal["ce", "wce", "focal", "mse", "smooth_l1"] = "ce"
     focal_gamma: float = 2.0
+    cut_points: Literal["qwk", "frequencies"] = setting(
+        "qwk", "regression cut points, set on the validation split: qwk = tuned for its QWK; frequencies = "
+               "each grade gets its share of the training split (no validation labels used)")
     class_weighting: Literal["inverse", "report002"] = setting("inverse", "class weights of wce (and focal alpha)")
-    sampler: Literal["none", "weighted"] = setting("none", "weighted = every grade drawn equally often")
+    sampler: Literal["none", "weighted", "weighted_to_natural"] = setting(
+        "none", "weighted = every grade drawn equally often; weighted_to_natural = from that at the first epoch "
+                "to the natural frequencies at the last, linearly")
     hflip: bool = True
     vflip: bool = True
     rotation: float = setting(0.0, "degrees of random rotation (180 = any angle)")
+    scale: float = setting(0.0, "random zoom by a factor in [1 - scale, 1 + scale]")
+    shift: float = setting(0.0, "random shift up to this share of the image size, in x and y")
+    color: float = setting(0.0, "random brightness and contrast factors in [1 - color, 1 + color]")
     normalize: Literal["auto", "dataset", "imagenet", "report", "none"] = setting(
         "auto", "auto = ImageNet stats for ImageNet weights, the training split's own otherwise; "
                 "none = pixels scaled to [0, 1] only")
@@ -84,7 +99,11 @@ class TrainConfig:
     deterministic: bool = setting(False, "deterministic algorithms (slower; bit-identical reruns)")
     best_metric: Literal["accuracy", "qwk", "last"] = setting(
         "accuracy", "which epoch's checkpoint is kept (last = the final one)")
-    tta: bool = setting(False, "average predictions over flips for the final predictions")
+    ema: float = setting(0.0, "decay of an exponential moving average of the weights, which is then what is "
+                         "evaluated and kept (0 = off; 0.99 averages over about 100 steps)")
+    tta: bool = setting(False, "average the kept checkpoint's predictions over the four flips")
+    fuse_eyes: float = setting(0.0, "weight of a patient's other eye in each eye's output, where both "
+                               "<patient>_left and _right are in the same split (0 = off)")
     progress: bool = setting(True, "progress bars (--no-progress for batch runs)")
     resume: bool = setting(False, "continue an interrupted run in --out (or reuse a finished one)")
     recipe: str | None = setting(None, "named settings; explicit ones override them")
@@ -111,6 +130,36 @@ class TrainConfig:
             raise RetinoError(f"bootstrap must be 0 (no intervals) or more resamples, got {self.bootstrap}")
         if self.warmup_epochs < 0:
             raise RetinoError(f"warmup_epochs must be 0 or more, got {self.warmup_epochs}")
+        for name, high in (("scale", 1), ("shift", 0.5), ("color", 1), ("ema", 1), ("fuse_eyes", 0.5)):
+            if not 0 <= getattr(self, name) < high or (name == "fuse_eyes" and self.fuse_eyes == high):
+                raise RetinoError(f"{name} must be in [0, {high}), got {getattr(self, name)}")
+        self.size_stages()  # refuses a malformed --sizes
+
+    def size_stages(self) -> list[tuple[int, int]]:
+        """(size, epochs) of each progressive-resizing stage, the last at image_size."""
+        stages = []
+        for part in filter(None, (p.strip() for p in str(self.sizes or "").split(","))):
+            size, _, epochs = part.partition(":")
+            try:
+                stages.append((int(size), int(epochs)))
+            except ValueError:
+                raise RetinoError(f"sizes wants SIZE:EPOCHS pairs such as 128:10,192:8, got {self.sizes!r}") from None
+        used = sum(epochs for _, epochs in stages)
+        sizes = [size for size, _ in stages] + [self.image_size]
+        if any(epochs < 1 for _, epochs in stages) or used >= self.epochs or sizes != sorted(set(sizes)):
+            raise RetinoError(f"sizes {self.sizes!r} must grow towards image_size ({self.image_size}) and leave "
+                              f"epochs for it (of {self.epochs}): change them, or train at image_size throughout "
+                              f"with --sizes ''")
+        return stages + [(self.image_size, self.epochs - used)]
+
+    def size_at(self, epoch: int) -> int:
+        """The training resolution of ``epoch`` (1-based)."""
+        end = 0
+        for size, epochs in self.size_stages():
+            end += epochs
+            if epoch <= end:
+                return size
+        return self.image_size
 
     @property
     def is_regression(self) -> bool:
@@ -120,11 +169,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def semantic_dict(self) -> dict:
-        """The settings that define what a run computes (compared when resuming).
+        """The settings that define what a run computes (compared when resuming), recipe aside.
 
         Paths are compared resolved: ``DIR``, ``./DIR`` and ``DIR/`` name the same data.
         """
-        values = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        # The recipe only names settings already resolved into the others.
+        values = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS and k != "recipe"}
         values["data"] = os.path.realpath(self.data) if self.data else self.data
         if self.weights not in (None, "imagenet"):
             values["weights"] = os.path.realpath(self.weights)

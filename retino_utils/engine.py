@@ -34,9 +34,10 @@ def _flatten_outputs(out: torch.Tensor) -> torch.Tensor:
     return out.squeeze(1) if out.ndim == 2 and out.shape[1] == 1 else out
 
 
-def train_one_epoch(model, loss_fn, optimizer, loader, *, device, bf16=False, scheduler=None,
+def train_one_epoch(model, loss_fn, optimizer, loader, *, device, bf16=False, scheduler=None, ema=None,
                     show_progress=True, desc="train") -> PassOutputs:
-    """Train over ``loader`` once; ``scheduler`` (if any) steps after every batch."""
+    """Train over ``loader`` once; ``scheduler`` (if any) steps and ``ema`` (an AveragedModel) averages
+    after every batch."""
     start = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     outputs, labels, indices = [], [], []
@@ -48,6 +49,8 @@ def train_one_epoch(model, loss_fn, optimizer, loader, *, device, bf16=False, sc
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.detach().double() * y.numel()

@@ -11,7 +11,7 @@ from .config import TrainConfig
 from .data.layouts import check_disjoint
 from .distributed import DistContext
 from .errors import RetinoError
-from .losses.class_weights import sample_weights
+from .losses.class_weights import sample_weights, scheduled_sample_weights
 
 
 @dataclass
@@ -27,6 +27,14 @@ class RunData:
     val_loader: object | None
     test_loader: object
     train_eval_loader: object  # the training split without augmentation (cut points without a validation split)
+    config: TrainConfig
+
+    def start_epoch(self, epoch: int) -> None:
+        """Seed the training batches of ``epoch`` and, for a sampling schedule, set its weights."""
+        self.train_loader.set_epoch(epoch)
+        if self.config.sampler == "weighted_to_natural":
+            progress = (epoch - 1) / max(self.config.epochs - 1, 1)
+            self.train_loader.set_sample_weights(scheduled_sample_weights(self.train.labels, progress))
 
 
 def read_splits(config: TrainConfig) -> tuple["data.SplitIndex", "data.SplitIndex | None", "data.SplitIndex"]:
@@ -58,18 +66,22 @@ def resolve_normalization(config: TrainConfig, train: "data.SplitIndex"):
     return data.normalization(choice)
 
 
-def build_run_data(config: TrainConfig, device: torch.device, ctx: DistContext, channels_last: bool) -> RunData:
+def build_run_data(config: TrainConfig, device: torch.device, ctx: DistContext, channels_last: bool,
+                   image_size: int | None = None, stats: tuple | None = None) -> RunData:
+    """The splits and loaders at ``image_size`` (default: the config's), normalised with ``stats``
+    (default: as the config says, at its image_size, so every stage of progressive resizing shares them)."""
+    image_size = image_size or config.image_size
     train, val, test = read_splits(config)
-    mean, std = ctx.main_first(lambda: resolve_normalization(config, train))
-    weights = sample_weights(train.labels) if config.sampler == "weighted" else None
+    mean, std = stats or ctx.main_first(lambda: resolve_normalization(config, train))
+    weights = sample_weights(train.labels) if config.sampler != "none" else None
     common = dict(device=device, mean=mean, std=std, rank=ctx.rank, world_size=ctx.world_size,
                   channels_last=channels_last)
     splits = [index for index in (train, val, test) if index is not None]
     if config.loader == "cache":
         build = dict(progress=config.progress, workers=config.workers)
-        sources = ctx.main_first(lambda: [data.ImageCache.build(index, config.image_size, **build) for index in splits])
+        sources = ctx.main_first(lambda: [data.ImageCache.build(index, image_size, **build) for index in splits])
     else:
-        sources = [data.DecodedImages(index, config.image_size, config.workers) for index in splits]
+        sources = [data.DecodedImages(index, image_size, config.workers) for index in splits]
     train_source, test_source = sources[0], sources[-1]
     val_source = sources[1] if val is not None else None
     eval_batch = 2 * config.batch_size
@@ -80,7 +92,7 @@ def build_run_data(config: TrainConfig, device: torch.device, ctx: DistContext, 
     return RunData(
         train, val, test, mean, std,
         data.BatchLoader(train_source, config.batch_size, shuffle=True, augment=True, hflip=config.hflip,
-                         vflip=config.vflip, rotation=config.rotation, sample_weights=weights, seed=config.seed,
-                         drop_last=False, **common),
-        evaluation(val_source), evaluation(test_source), evaluation(train_source),
+                         vflip=config.vflip, rotation=config.rotation, scale=config.scale, shift=config.shift,
+                         color=config.color, sample_weights=weights, seed=config.seed, drop_last=False, **common),
+        evaluation(val_source), evaluation(test_source), evaluation(train_source), config,
     )

@@ -26,7 +26,7 @@ import torch
 from . import GRADES
 from .atomic import atomic_path, write_json
 from .cam import grad_cam, overlay, upsample
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, scored_weights
 from .config import load_config
 from .data import BatchLoader, SplitIndex, detect_layout, read_split
 from .data.images import ImageSource, decode_problem, load_rgb, load_resized, square_resize
@@ -35,6 +35,7 @@ from .data.preprocess import prepared_photo
 from .device import resolve_device, use_bf16, use_channels_last
 from .engine import evaluate, predict_grades, referable_scores
 from .errors import RetinoError, run_cli
+from .eyes import fuse_eyes
 from .metrics import compute_metrics
 from .models import build_model
 from .progress import progress
@@ -83,6 +84,7 @@ class Predictor:
     channels_last: bool
     batch_size: int
     metrics: dict
+    fuse_eyes: float = 0.0  # the run's weight of a patient's other eye, for photos named <patient>_left/right
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", batch_size: int | None = None,
@@ -96,14 +98,14 @@ class Predictor:
         target = resolve_device(device if device != "auto" else config.device)
         model = build_model(config.arch, None, num_classes=1 if config.is_regression else len(GRADES),
                             impl=config.impl)
-        model.load_state_dict(load_checkpoint(run_dir / checkpoint)["model"])
+        model.load_state_dict(scored_weights(load_checkpoint(run_dir / checkpoint)))
         channels_last = use_channels_last(target)
         model = model.to(target, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
         target_point = metrics.get("screening", {}).get("operating_points", {}).get("target")
         return cls(run_dir, model, config.image_size, tuple(metrics["normalization"]["mean"]),
                    tuple(metrics["normalization"]["std"]), metrics.get("thresholds"),
                    target_point["threshold"] if target_point else None, target, use_bf16(target, config.precision),
-                   channels_last, batch_size or 2 * config.batch_size, metrics)
+                   channels_last, batch_size or 2 * config.batch_size, metrics, config.fuse_eyes)
 
     def loader(self, photos) -> BatchLoader:
         return BatchLoader(photos, self.batch_size, shuffle=False, augment=False, mean=self.mean, std=self.std,
@@ -115,7 +117,8 @@ class Predictor:
         source = _Photos(photos, self.image_size, preprocess, graham)
         result = evaluate(self.model, None, self.loader(source), device=self.device, bf16=self.bf16, tta=tta,
                           show_progress=show_progress, desc="grading")
-        outputs = result.outputs
+        names = [Path(p).stem if isinstance(p, (str, Path)) else "" for p in photos]
+        outputs = fuse_eyes(result.outputs, names, self.fuse_eyes)
         table = pd.DataFrame({"pred_grade": predict_grades(outputs, self.cut_points)})
         if outputs.ndim == 1:
             table["score"] = outputs.numpy()

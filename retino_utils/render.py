@@ -26,6 +26,7 @@ body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-s
 h1 { margin-bottom: 0.2rem; } .meta { color: #666; margin-top: 0; }
 .warning { background: #fff4e5; border-left: 5px solid #f0a020; padding: 0.8rem 1rem; margin: 1rem 0; }
 .warning code { word-break: break-all; }
+.note { background: #eef5ff; border-left: 5px solid #3b7dd8; padding: 0.8rem 1rem; margin: 1rem 0; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.8rem; display: block; overflow-x: auto; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
@@ -51,6 +52,14 @@ def notebook_page(executed: Path, target: Path) -> None:
 def _image_tag(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _differences_box(differences: Sequence[str]) -> str:
+    if not differences:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in differences)
+    return (f'<div class="note"><p><b>Not the reports\' settings.</b> This profile differs from the reference '
+            f"reports' GPU settings as follows; read its figures with that in mind.</p><ul>{items}</ul></div>")
 
 
 def _missing_banner(results: dict) -> str:
@@ -123,10 +132,12 @@ def export_pdf(pages: Sequence[Path], out: Path) -> Path:
     return out
 
 
-def render_report(ctx, steps: Sequence, results: dict, index_figures: Sequence[Sequence[str]]) -> Path:
+def render_report(ctx, steps: Sequence, results: dict, index_figures: Sequence[Sequence[str]],
+                  differences: Sequence[str] = ()) -> Path:
     """Write ``OUT/report/index.html`` and one page per executed notebook; returns the index path.
 
-    ``index_figures``: ``(file name, caption)`` pairs shown on the index page where they exist.
+    ``index_figures``: ``(file name, caption)`` pairs shown on the index page where they exist;
+    ``differences``: how the profile's settings differ from the reports' (shown first).
     """
     report_dir = ctx.out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +161,7 @@ def render_report(ctx, steps: Sequence, results: dict, index_figures: Sequence[S
 <h1>Diabetic retinopathy grading with ResNets</h1>
 <p class="meta">profile <b>{html.escape(ctx.profile)}</b> &middot; data <code>{html.escape(str(ctx.data_dir))}</code>
 &middot; generated {html.escape(results['generated'])}</p>
+{_differences_box(differences)}
 {_missing_banner(results)}
 <h2>Runs</h2>
 <p>Test-split figures of the checkpoint each run keeps, with 95% bootstrap intervals (patients resampled).

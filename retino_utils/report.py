@@ -1,6 +1,6 @@
 """Build the whole report: execute the notebooks with papermill, then render them to HTML.
 
-``python -m retino_utils.report [--profile demo|full|smoke] [--data DIR] [--out DIR] [--only STEP]
+``python -m retino_utils.report [--profile demo|cpu|full|smoke] [--data DIR] [--out DIR] [--only STEP]
 [--force] [--device ...]``. The pipeline (notebooks, runs, settings per profile) is ``pipeline.yaml``
 beside this file. A step whose notebook, parameters, upstream results and package code are unchanged
 is skipped, so a second run is quick and an interrupted one resumes (training runs resume from their
@@ -320,7 +320,8 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
     write_json(ctx.out / "results.json", results)
     from .render import export_pdf, render_report
 
-    index = render_report(ctx, steps, results, pipeline.get("index_figures") or [])
+    index = render_report(ctx, steps, results, pipeline.get("index_figures") or [],
+                          pipeline["profiles"][ctx.profile].get("differences") or [])
     if pdf:
         pages = [index, *(page for step in steps if (page := index.parent / f"{step.name.replace('/', '_')}.html").is_file())]
         print(f"report.pdf: {export_pdf(pages, index.parent / 'report.pdf')} ({len(pages)} pages of HTML)", flush=True)
@@ -374,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", default="demo",
                         help="demo: synthetic data, ~10 min on a CPU; full: your data with the reports' settings; "
                              "smoke: tiny, for tests")
-    parser.add_argument("--data", help="dataset folder (required for --profile full)")
+    parser.add_argument("--data", help="dataset folder (required for --profile cpu and full)")
     parser.add_argument("--out", help="build folder (default build/PROFILE)")
     parser.add_argument("--only", help="run only the matching step(s), e.g. data, train, 'train/resnet50_*', imbalance")
     parser.add_argument("--force", action="store_true", help="re-execute steps (and retrain runs) even if unchanged")

@@ -181,8 +181,10 @@ def ablation_settings(runs: dict[str, RunResult]) -> pd.DataFrame:
     for name, run in runs.items():
         config = run.config
         flips = [axis for axis, on in (("horizontal", config.get("hflip")), ("vertical", config.get("vflip"))) if on]
+        ranges = (("rotation", "rotation up to {:g} degrees"), ("scale", "zoom up to {:.0%}"),
+                  ("shift", "shift up to {:.0%}"), ("color", "brightness and contrast up to {:.0%}"))
         augmentation = ", ".join([*(f"{axis} flips" for axis in flips),
-                                  *([f"rotation up to {config.get('rotation'):g} degrees"] if config.get("rotation") else [])])
+                                  *(text.format(config[key]) for key, text in ranges if config.get(key))])
         rows[name] = {"augmentation": augmentation or "none", "normalisation": config.get("normalize")}
     return pd.DataFrame.from_dict(rows, orient="index", columns=["augmentation", "normalisation"])
 

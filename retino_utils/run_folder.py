@@ -18,7 +18,7 @@ from .errors import DiskFullError, RetinoError
 from .events import append_event
 
 SCORED_SPLITS = ("val", "test")  # every epoch scores both: validation picks, test is only drawn
-HISTORY_COLUMNS = ["epoch", "phase", "lr", "train_loss", "train_acc",
+HISTORY_COLUMNS = ["epoch", "phase", "image_size", "lr", "train_loss", "train_acc",
                    *(f"{split}_{figure}" for split in SCORED_SPLITS for figure in ("loss", "acc", "qwk", "macro_f1")),
                    "seconds", "images_per_s"]
 

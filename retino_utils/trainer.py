@@ -12,23 +12,26 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from . import GRADES, screening
-from .checkpoint import restore_rng_state, rng_state
+from .checkpoint import restore_rng_state, rng_state, scored_weights
 from .config import TrainConfig
 from .device import resolve_device, use_bf16, use_channels_last
 from .distributed import DistContext, init_distributed, shutdown_distributed
+from .ema import moving_average
 from .engine import PassOutputs, evaluate, predict_grades, referable_scores, train_one_epoch
+from .eyes import fuse_eyes
 from .loaders import RunData, build_run_data
 from .losses import build_loss
-from .losses.ordinal import tune_thresholds
+from .losses.ordinal import frequency_thresholds, tune_thresholds
 from .metrics import compute_metrics
 from .models import build_model, freeze_backbone, head_parameters, set_train_mode, unfreeze_all
 from .optim import build_optimizer, build_scheduler
@@ -51,12 +54,29 @@ class Components:
     ctx: DistContext
     bf16: bool
     channels_last: bool
+    ema: AveragedModel | None = None  # the moving average of the weights, when config.ema asks for one
+    data_by_size: dict[int, RunData] = field(default_factory=dict)
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """What is evaluated and kept: the moving average where there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def use_size(self, size: int) -> RunData:
+        """Switch the splits and loaders to ``size`` (progressive resizing), normalised as at image_size."""
+        if size not in self.data_by_size:
+            self.data_by_size[size] = build_run_data(self.config, self.device, self.ctx, self.channels_last,
+                                                     image_size=size, stats=(self.data.mean, self.data.std))
+        self.data = self.data_by_size[size]
+        return self.data
 
     def evaluate(self, loader, tta: bool = False) -> PassOutputs:
-        """Outputs on ``loader`` from every process, in dataset order, with the summed loss."""
-        result = evaluate(self.model, self.loss_fn, loader, device=self.device, bf16=self.bf16, tta=tta)
+        """Outputs on ``loader`` from every process, in dataset order (eyes fused as the config says),
+        with the summed loss."""
+        result = evaluate(self.scored_model, self.loss_fn, loader, device=self.device, bf16=self.bf16, tta=tta)
         loss_sum, _ = self.ctx.sum(result.loss_sum, result.n)
         outputs, labels = self.gather(result)
+        outputs = fuse_eyes(outputs, loader.source.index.names, self.config.fuse_eyes)
         return PassOutputs(loss_sum, outputs, labels, torch.arange(len(labels)), result.seconds)
 
     def gather(self, outputs: PassOutputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +104,9 @@ def build_components(config: TrainConfig, device: torch.device, ctx: DistContext
     counts = np.bincount(data.train.labels, minlength=len(GRADES))
     loss_fn = build_loss(config.loss, class_counts=counts, focal_gamma=config.focal_gamma,
                          class_weighting=config.class_weighting).to(device)
-    return Components(config, model, data, loss_fn, device, ctx, bf16, channels_last)
+    ema = moving_average(model, config.ema) if config.ema else None
+    return Components(config, model, data, loss_fn, device, ctx, bf16, channels_last, ema,
+                      {config.image_size: data})
 
 
 def run_training(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None = None) -> pd.DataFrame:
@@ -117,6 +139,8 @@ def _train(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.DataFrame
     history, best, thresholds, first_epoch = [], {"metric": config.best_metric, "value": -math.inf, "epoch": 0}, None, 1
     if state is not None:
         parts.model.load_state_dict(state["model"])
+        if parts.ema is not None:
+            parts.ema.load_state_dict(state["ema"])
         history, best, thresholds = list(state["history"]), state["best"], state.get("thresholds")
         first_epoch = state["epoch"] + 1
         restore_rng_state(state["rng"])
@@ -124,6 +148,7 @@ def _train(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.DataFrame
 
     phase = None
     for epoch in range(first_epoch, config.epochs + 1):
+        parts.use_size(config.size_at(epoch))
         if _phase(config, epoch) != phase:
             phase = _phase(config, epoch)
             train_model, optimizer, scheduler = _start_phase(parts, phase)
@@ -134,20 +159,22 @@ def _train(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.DataFrame
         row, thresholds = _run_epoch(parts, epoch, phase, train_model, optimizer, scheduler)
         log(_epoch_line(row, config.epochs), flush=True)
         history.append(row)
-        improved = row[column] > best["value"]
+        # Only epochs at the final size compete: the kept checkpoint is scored (and used) at image_size.
+        improved = row[column] > best["value"] and config.size_at(epoch) == config.image_size
         if improved:
             best = {**best, "value": row[column], "epoch": epoch, "column": column}
         folder.save_epoch({
             "model": parts.model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None, "epoch": epoch,
             "config": config.to_dict(), "history": history, "rng": rng_state(), "best": best,
-            "thresholds": thresholds,
+            "thresholds": thresholds, "ema": parts.ema.state_dict() if parts.ema is not None else None,
         }, improved)
         ctx.barrier()
         folder.event("epoch", **row)
         if on_epoch_end is not None:
             on_epoch_end(row)
 
+    parts.use_size(config.image_size)
     predictions, metrics = _score_kept_checkpoint(parts, folder.best_state(), best)
     folder.finish(predictions, metrics)
     summary = (f"kept epoch {best['epoch']} ({column} {best['value']:.4f}); test, scored once: "
@@ -174,7 +201,12 @@ def _describe(parts: Components) -> str:
     val = len(parts.data.val) if parts.data.val is not None else 0
     return (f"{config.arch} (weights {config.weights or 'none'}, loss {config.loss}) on {config.data}: "
             f"{len(parts.data.train)} train / {val} validation / {len(parts.data.test)} test images at "
-            f"{config.image_size} px; {parts.device} {precision} {layout}{procs}; batch {config.batch_size}")
+            f"{_sizes(config)} px; {parts.device} {precision} {layout}{procs}; batch {config.batch_size}")
+
+
+def _sizes(config: TrainConfig) -> str:
+    return " -> ".join(f"{size} ({epochs} epochs)" for size, epochs in config.size_stages()) if config.sizes \
+        else str(config.image_size)
 
 
 def _phase(config: TrainConfig, epoch: int) -> str:
@@ -204,22 +236,22 @@ def _run_epoch(parts: Components, epoch, phase, train_model, optimizer, schedule
     """Train once over the training split, then score validation and test: one history row."""
     config, ctx, data = parts.config, parts.ctx, parts.data
     start = time.perf_counter()
-    data.train_loader.set_epoch(epoch)
+    data.start_epoch(epoch)
     set_train_mode(parts.model)
     lr = optimizer.param_groups[0]["lr"]
     train = train_one_epoch(train_model, parts.loss_fn, optimizer, data.train_loader, device=parts.device,
-                            bf16=parts.bf16, scheduler=scheduler, show_progress=config.progress and ctx.is_main,
-                            desc=f"epoch {epoch}/{config.epochs} {phase}")
+                            bf16=parts.bf16, scheduler=scheduler, ema=parts.ema,
+                            show_progress=config.progress and ctx.is_main,
+                            desc=f"epoch {epoch}/{config.epochs} {phase} {data.train_loader.source.image_size}px")
     train_outputs, train_labels = parts.gather(train)
     val = parts.evaluate(data.val_loader) if data.val_loader is not None else None
     thresholds = None
     if config.is_regression:
         # Cut points from eval-mode scores of the validation split (of the training split without
         # one): the scores gathered while training come from batch statistics and a moving model.
-        tuning = val if val is not None else parts.evaluate(data.train_eval_loader)
-        thresholds = [float(t) for t in tune_thresholds(tuning.outputs.numpy(), tuning.labels.numpy())]
+        thresholds = _cut_points(parts, val if val is not None else parts.evaluate(data.train_eval_loader))
     loss_sum, n = ctx.sum(train.loss_sum, train.n)
-    row = {"epoch": epoch, "phase": phase, "lr": lr, "train_loss": loss_sum / max(n, 1),
+    row = {"epoch": epoch, "phase": phase, "image_size": data.train_loader.source.image_size, "lr": lr, "train_loss": loss_sum / max(n, 1),
            "train_acc": float(np.mean(predict_grades(train_outputs, thresholds) == train_labels.numpy()))}
     for split, result in (("val", val), ("test", parts.evaluate(data.test_loader))):
         metrics = _metrics(result, thresholds) if result is not None else {}
@@ -227,6 +259,15 @@ def _run_epoch(parts: Components, epoch, phase, train_model, optimizer, schedule
                     f"{split}_qwk": metrics.get("qwk", math.nan), f"{split}_macro_f1": metrics.get("macro_f1", math.nan)})
     row.update({"seconds": time.perf_counter() - start, "images_per_s": n / max(train.seconds, 1e-9)})
     return row, thresholds
+
+
+def _cut_points(parts: Components, tuning: PassOutputs) -> list[float]:
+    """Regression cut points from eval-mode scores of the validation split, as ``config.cut_points`` says."""
+    if parts.config.cut_points == "frequencies":
+        thresholds = frequency_thresholds(tuning.outputs.numpy(), parts.data.train.labels)
+    else:
+        thresholds = tune_thresholds(tuning.outputs.numpy(), tuning.labels.numpy())
+    return [float(t) for t in thresholds]
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -249,8 +290,11 @@ def _score_kept_checkpoint(parts: Components, kept: dict, best: dict) -> tuple[p
     from the validation split; the test split only measures.
     """
     config, data = parts.config, parts.data
-    parts.model.load_state_dict(kept["model"])
+    parts.scored_model.load_state_dict(scored_weights(kept))
     cut_points = kept["thresholds"]
+    val = parts.evaluate(data.val_loader, tta=config.tta) if data.val_loader is not None else None
+    if config.tta and config.is_regression and val is not None:
+        cut_points = _cut_points(parts, val)  # the cut points of the flip-averaged scores that are scored
     test = parts.evaluate(data.test_loader, tta=config.tta)
     metrics = _metrics(test, cut_points)
     y_true, pred = test.labels.numpy(), predict_grades(test.outputs, cut_points)
@@ -267,8 +311,7 @@ def _score_kept_checkpoint(parts: Components, kept: dict, best: dict) -> tuple[p
     if config.bootstrap:
         metrics["intervals"] = intervals(y_true, pred, score, names, n_resamples=config.bootstrap, seed=config.seed)
     screening_thresholds = {}
-    if data.val_loader is not None:
-        val = parts.evaluate(data.val_loader, tta=config.tta)
+    if val is not None:
         metrics["validation"] = _metrics(val, cut_points)
         screening_thresholds = screening.choose_thresholds(val.labels.numpy(), referable_scores(val.outputs))
     metrics["screening"] = {

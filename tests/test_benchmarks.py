@@ -13,9 +13,11 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from retino_utils.paths import REPO_ROOT
 
+BENCHMARKS = REPO_ROOT / "benchmarks"
+
 
 def run_benchmark(script, *args):
-    return subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), *map(str, args)],
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "TQDM_DISABLE": "1"})
 
 
@@ -41,7 +43,7 @@ def test_real_data_smoke(tmp_path):
     figures = json.loads(out.read_text())
     assert set(figures["runs"]) == {"reports", "best-cpu"}
     for run in figures["runs"].values():
-        assert 1 <= run["epochs"] <= 2  # what the probe found the budget affords, capped by --max-epochs
+        assert run["epochs"] == 2 and run["intervals"]["qwk"][0] <= run["qwk"] <= run["intervals"]["qwk"][1]
         predictions = pd.read_csv(Path(run["out"]) / "predictions.csv")
         assert run["accuracy"] == pytest.approx(accuracy_score(predictions.true_grade, predictions.pred_grade))
         assert run["qwk"] == pytest.approx(cohen_kappa_score(predictions.true_grade, predictions.pred_grade,
@@ -52,3 +54,38 @@ def test_real_data_smoke(tmp_path):
     majority = np.bincount(train_labels).argmax()
     assert figures["baseline"]["accuracy"] == pytest.approx(np.mean(truth == majority))
     assert figures["baseline"]["recall"][majority] == 1.0
+
+
+@pytest.mark.slow
+def test_cpu_levers_smoke(tmp_path):
+    """Every variant trains and is scored on validation with cross-fitted cut points, never on the test split."""
+    out = tmp_path / "levers.json"
+    result = run_benchmark("cpu_levers.py", "--smoke", "--out", tmp_path / "runs", "--json", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    variants = figures["variants"]
+    assert {"base", "progressive", "ema", "base+tta", "progressive+fuse", "adamw+frequencies"} <= set(variants)
+    for name, row in variants.items():
+        low, high = row["qwk_interval"]
+        assert -1 <= low <= high <= 1, name
+        assert ("qwk_difference" in row) == (name != "base")
+        assert row["compared_with"] == ("base" if "+" not in name else name.split("+")[0])
+    assert "validation split" in result.stdout
+
+
+def test_cross_fitted_grades_never_use_a_photos_own_label(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from cpu_levers import cross_fitted_grades
+
+    rng = np.random.default_rng(0)
+    names = [f"{p}_{eye}" for p in range(100) for eye in ("left", "right")]
+    labels = np.repeat(rng.integers(0, 5, 100), 2)
+    scores = labels + rng.normal(0, 0.3, len(labels))
+    grades = cross_fitted_grades(scores, labels, names)
+    assert np.mean(grades == labels) > 0.8
+    # Relabel one patient at random: only other patients' grades may move, never that patient's own.
+    for patient in rng.choice(100, 10, replace=False):
+        changed = labels.copy()
+        changed[2 * patient: 2 * patient + 2] = (labels[2 * patient] + 2) % 5
+        regraded = cross_fitted_grades(scores, changed, names)
+        assert regraded[2 * patient] == grades[2 * patient] and regraded[2 * patient + 1] == grades[2 * patient + 1]

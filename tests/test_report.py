@@ -2,6 +2,7 @@
 
 import ast
 import base64
+import html
 import json
 import os
 import subprocess
@@ -149,6 +150,8 @@ def test_smoke_report_builds_everything(smoke_report):
         page = out / "report" / f"{step}.html"
         assert page.is_file() and "data:image/png;base64" in page.read_text(), step
     assert "missing from this report" not in index
+    for line in pipeline["profiles"]["smoke"]["differences"]:  # the profile says how it differs from the reports
+        assert html.escape(line) in index
 
 
 @pytest.mark.slow

@@ -146,9 +146,13 @@ def _strip_timing(frame):
     return frame.drop(columns=TIMING_COLUMNS)
 
 
-def test_killed_run_resumes_to_the_same_history(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("levers", [[], ["--sizes", "24:1", "--ema", "0.9", "--sampler", "weighted_to_natural",
+                                     "--optimizer", "adamw", "--scale", "0.1", "--color", "0.2"]],
+                         ids=["plain", "cpu-levers"])
+def test_killed_run_resumes_to_the_same_history(tiny_dataset, tmp_path, levers):
+    """Killed after epoch 1 (with the CPU levers: at the small size, the moving average half-built)."""
     args = ["--data", tiny_dataset, "--epochs", 3, "--image-size", 32, "--batch-size", 8, "--device", "cpu",
-            "--deterministic", "--schedule", "onecycle", "--lr", "0.01"]
+            "--deterministic", "--schedule", "onecycle", "--lr", "0.01", *levers]
     reference = tmp_path / "uninterrupted"
     assert cli(*args, "--out", reference).returncode == 0
 

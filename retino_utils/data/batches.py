@@ -82,6 +82,9 @@ class BatchLoader:
         hflip: bool = True,
         vflip: bool = True,
         rotation: float = 0.0,
+        scale: float = 0.0,
+        shift: float = 0.0,
+        color: float = 0.0,
         sample_weights=None,
         drop_last: bool = False,
         seed: int = 0,
@@ -99,10 +102,8 @@ class BatchLoader:
         self.shuffle, self.augment = shuffle, augment
         self.mean, self.std = tuple(mean), tuple(std)
         self.device = torch.device(device)
-        self.hflip, self.vflip, self.rotation = hflip, vflip, rotation
-        self.sample_weights = None if sample_weights is None else torch.as_tensor(sample_weights, dtype=torch.float64)
-        if self.sample_weights is not None and self.sample_weights.shape != (len(source),):
-            raise ValueError(f"sample_weights has shape {tuple(self.sample_weights.shape)}, expected ({len(source)},)")
+        self.augmentation = dict(hflip=hflip, vflip=vflip, rotation=rotation, scale=scale, shift=shift, color=color)
+        self.set_sample_weights(sample_weights)
         self.drop_last = drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.channels_last = channels_last
@@ -116,6 +117,13 @@ class BatchLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_sample_weights(self, sample_weights) -> None:
+        """Draw epochs with replacement in proportion to ``sample_weights`` (None: a permutation)."""
+        self.sample_weights = None if sample_weights is None else torch.as_tensor(sample_weights, dtype=torch.float64)
+        if self.sample_weights is not None and self.sample_weights.shape != (len(self.source),):
+            raise ValueError(f"sample_weights has shape {tuple(self.sample_weights.shape)}, "
+                             f"expected ({len(self.source)},)")
 
     def __len__(self) -> int:
         n = self._rank_length()
@@ -142,7 +150,7 @@ class BatchLoader:
             order = order.repeat(math.ceil(padded / n))[:padded]
         choices = None
         if self.augment:
-            choices = sample_choices(len(order), generator, self.hflip, self.vflip, self.rotation)
+            choices = sample_choices(len(order), generator, **self.augmentation)
             choices = choices[self.rank :: self.world_size]
         return order[self.rank :: self.world_size], choices
 

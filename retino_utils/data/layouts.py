@@ -418,9 +418,18 @@ def nested_folder_message(index: SplitIndex, nested: tuple[Path, Path, set[Path]
 
 def patient_of(name: str) -> str:
     """The patient of a Kaggle image name: ``"10009_left"`` -> ``"10009"`` (the name itself otherwise)."""
-    stem = name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
-    match = _EYE_SUFFIX.fullmatch(stem)
-    return match.group(1) if match else stem
+    eye = eye_of(name)
+    return eye[0] if eye else _stem(name)
+
+
+def eye_of(name: str) -> tuple[str, str] | None:
+    """Patient and side of a Kaggle image name: ``"10009_Left.jpeg"`` -> ``("10009", "left")``, or None."""
+    match = _EYE_SUFFIX.fullmatch(_stem(name))
+    return (match.group(1), match.group(2).lower()) if match else None
+
+
+def _stem(name: str) -> str:
+    return name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
 
 
 def stratified_group_split(

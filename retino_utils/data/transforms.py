@@ -28,33 +28,41 @@ Stats = Sequence[float]
 
 @dataclass
 class AugmentChoices:
-    """Per-sample draws: flips (bool) and rotation angle in degrees (float32), each of shape [B]."""
+    """Per-sample draws, each of shape [B]: flips (bool), rotation angle in degrees, and optionally zoom
+    factor, shift (shares of the image size) and brightness/contrast factors (float32; None = identity)."""
 
     hflip: torch.Tensor
     vflip: torch.Tensor
     angle: torch.Tensor
+    scale: torch.Tensor | None = None
+    shift_x: torch.Tensor | None = None
+    shift_y: torch.Tensor | None = None
+    brightness: torch.Tensor | None = None
+    contrast: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.hflip)
 
     def __getitem__(self, item) -> "AugmentChoices":
-        return AugmentChoices(self.hflip[item], self.vflip[item], self.angle[item])
+        return AugmentChoices(*(None if v is None else v[item] for v in vars(self).values()))
 
 
-def sample_choices(
-    n: int, generator: torch.Generator, hflip: bool = True, vflip: bool = True, rotation: float = 0.0
-) -> AugmentChoices:
-    """Each flip with p=0.5 (when enabled); angle uniform in [-rotation, rotation] (zeros when 0)."""
+def sample_choices(n: int, generator: torch.Generator, hflip: bool = True, vflip: bool = True, rotation: float = 0.0,
+                   scale: float = 0.0, shift: float = 0.0, color: float = 0.0) -> AugmentChoices:
+    """Each flip with p=0.5 (when enabled); angle uniform in [-rotation, rotation] (zeros when 0); zoom in
+    [1 - scale, 1 + scale], shifts in [-shift, shift], brightness and contrast in [1 - color, 1 + color]
+    (drawn only when enabled, so the draws of the other settings do not change)."""
 
     def coin(enabled: bool) -> torch.Tensor:
         return torch.rand(n, generator=generator) < 0.5 if enabled else torch.zeros(n, dtype=torch.bool)
 
+    def around(centre: float, spread: float) -> torch.Tensor | None:
+        return centre + (torch.rand(n, generator=generator) * 2 - 1) * spread if spread else None
+
     flips_h, flips_v = coin(hflip), coin(vflip)
-    if rotation:
-        angle = (torch.rand(n, generator=generator) * 2 - 1) * rotation
-    else:
-        angle = torch.zeros(n)
-    return AugmentChoices(flips_h, flips_v, angle)
+    angle = around(0.0, rotation)
+    return AugmentChoices(flips_h, flips_v, torch.zeros(n) if angle is None else angle, around(1.0, scale),
+                          around(0.0, shift), around(0.0, shift), around(1.0, color), around(1.0, color))
 
 
 def normalize_batch(x_uint8: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
@@ -64,34 +72,62 @@ def normalize_batch(x_uint8: torch.Tensor, mean: Stats, std: Stats) -> torch.Ten
 
 
 def augment_batch(x_uint8: torch.Tensor, choices: AugmentChoices, mean: Stats, std: Stats) -> torch.Tensor:
-    """Flip and rotate each sample as ``choices`` say, then normalise: uint8 [B,3,H,W] -> float32."""
+    """Flip, rotate/zoom/shift and recolour each sample as ``choices`` say, then normalise:
+    uint8 [B,3,H,W] -> float32."""
     device = x_uint8.device
     x = torch.where(choices.hflip.to(device).view(-1, 1, 1, 1), x_uint8.flip(3), x_uint8)
     x = torch.where(choices.vflip.to(device).view(-1, 1, 1, 1), x.flip(2), x)
     x = x.float()
-    rotated = torch.nonzero(choices.angle != 0).flatten()
-    if len(rotated):
-        # Only the rotated samples go through grid_sample, so unrotated ones stay exact.
-        rows = rotated.to(device)
-        x = x.index_copy(0, rows, rotate(x[rows], choices.angle[rotated]))
+    n = len(choices)
+    scale = _or(choices.scale, 1.0, n)
+    shift_x, shift_y = _or(choices.shift_x, 0.0, n), _or(choices.shift_y, 0.0, n)
+    moved = torch.nonzero((choices.angle != 0) | (scale != 1) | (shift_x != 0) | (shift_y != 0)).flatten()
+    if len(moved):
+        # Only the moved samples go through grid_sample, so the others stay exact.
+        rows = moved.to(device)
+        x = x.index_copy(0, rows, warp(x[rows], choices.angle[moved], scale[moved], shift_x[moved], shift_y[moved]))
+    if choices.brightness is not None or choices.contrast is not None:
+        x = recolour(x, _or(choices.brightness, 1.0, n).to(device), _or(choices.contrast, 1.0, n).to(device))
     out = _normalize(x, mean, std)
     if x_uint8.is_contiguous(memory_format=torch.channels_last) and not x_uint8.is_contiguous():
         out = out.contiguous(memory_format=torch.channels_last)
     return out
 
 
+def _or(values: torch.Tensor | None, identity: float, n: int) -> torch.Tensor:
+    return torch.full((n,), identity) if values is None else values
+
+
+def recolour(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    """Scale brightness, then stretch contrast about each image's mean; pixels stay in [0, 255]."""
+    x = x * brightness.view(-1, 1, 1, 1)
+    centre = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - centre) * contrast.view(-1, 1, 1, 1) + centre).clamp_(0, 255)
+
+
 def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     """Rotate each float image [B,C,H,W] about its centre (counter-clockwise for positive angles,
     like torchvision); bilinear, zeros outside."""
+    ones, zeros = torch.ones_like(degrees), torch.zeros_like(degrees)
+    return warp(x, degrees, ones, zeros, zeros)
+
+
+def warp(x: torch.Tensor, degrees: torch.Tensor, scale: torch.Tensor, shift_x: torch.Tensor,
+         shift_y: torch.Tensor) -> torch.Tensor:
+    """Rotate about the centre, zoom by ``scale`` (> 1 enlarges) and shift by shares of the width and
+    height (positive = right and down), per image; bilinear, zeros outside."""
     radians = degrees.to(device=x.device, dtype=torch.float32) * (math.pi / 180)
-    cos, sin = torch.cos(radians), torch.sin(radians)
+    inverse = 1 / scale.to(device=x.device, dtype=torch.float32)
+    cos, sin = torch.cos(radians) * inverse, torch.sin(radians) * inverse
     height, width = x.shape[-2:]
-    zeros = torch.zeros_like(cos)
-    # Output pixel -> input pixel, in grid_sample's [-1, 1] coordinates (aspect-corrected).
+    # Output pixel -> input pixel, in grid_sample's [-1, 1] coordinates (aspect-corrected); a shift of
+    # s moves the content by 2s in those coordinates, so the input is sampled 2s back.
+    tx = -2 * shift_x.to(device=x.device, dtype=torch.float32)
+    ty = -2 * shift_y.to(device=x.device, dtype=torch.float32)
     theta = torch.stack(
         [
-            torch.stack([cos, -sin * height / width, zeros], dim=1),
-            torch.stack([sin * width / height, cos, zeros], dim=1),
+            torch.stack([cos, -sin * height / width, cos * tx - sin * height / width * ty], dim=1),
+            torch.stack([sin * width / height, cos, sin * width / height * tx + cos * ty], dim=1),
         ],
         dim=1,
     )

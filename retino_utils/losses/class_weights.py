@@ -58,3 +58,17 @@ def sample_weights(labels: Sequence[int] | np.ndarray | torch.Tensor,
         if labels.max() >= per_class.size:
             raise RetinoError(f"label {labels.max()} has no class weight (only {per_class.size} given)")
     return torch.tensor(per_class[labels], dtype=torch.float64)
+
+
+def scheduled_sample_weights(labels: Sequence[int] | np.ndarray | torch.Tensor, progress: float) -> torch.Tensor:
+    """Per-sample weights that move from class-balanced (``progress`` 0) to the natural frequencies (1).
+
+    The draw is the mixture ``(1 - progress) * balanced + progress * natural`` of the two distributions
+    (team o_O's schedule in the 2015 Kaggle DR competition moved the same way, by a decay factor).
+    """
+    if not 0 <= progress <= 1:
+        raise RetinoError(f"sampling progress must be in [0, 1], got {progress}")
+    balanced = sample_weights(labels)
+    balanced = balanced / balanced.sum()
+    natural = torch.full_like(balanced, 1 / len(balanced))
+    return (1 - progress) * balanced + progress * natural

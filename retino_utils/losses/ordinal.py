@@ -115,3 +115,21 @@ def _kappa_for_edges(cumulative: np.ndarray, edges: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         kappa = 1 - observed_cost / expected_cost
     return np.where(expected_cost > 0, kappa, 0.0)
+
+
+def frequency_thresholds(scores: Sequence[float] | np.ndarray, train_labels: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Four cut points that give each grade its share of the training split among ``scores``.
+
+    No label of the scored photos is used, so nothing is fitted to them: on a few hundred validation
+    photos the QWK-tuned cut points over-fit (and push photos out of grade 0, costing accuracy),
+    while these only rank. Ties are broken by nudging a cut point just above the one below it.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(train_labels, dtype=np.int64).reshape(-1)
+    if scores.size == 0 or labels.size == 0 or not np.isfinite(scores).all():
+        raise RetinoError(f"need finite scores and training labels, got {scores.size} scores, {labels.size} labels")
+    shares = np.bincount(labels, minlength=NUM_CLASSES)[: NUM_CLASSES - 1].cumsum() / labels.size
+    thresholds = np.quantile(scores, shares)
+    for k in range(1, thresholds.size):
+        thresholds[k] = max(thresholds[k], np.nextafter(thresholds[k - 1], np.inf))
+    return thresholds
