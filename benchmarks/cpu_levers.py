@@ -140,11 +140,11 @@ def print_table(results: dict) -> None:
     print(f"\nvalidation split of {results['data']} ({results['validation_photos']} photos; the test split is "
           f"not read), {results['minutes']:.1f} minutes in all")
     print("(vs: the paired difference to the base for a trained variant, to the variant itself for a grading lever)")
-    print(f"{'':<62}{'train min':>10}{'QWK [95% CI]':>22}{'vs':>22}{'refAUC [95% CI]':>22}{'vs':>22}")
+    print(f"{'':<64}{'train min':>10}  {'QWK [95% CI]':>22}  {'vs':>24}  {'refAUC [95% CI]':>22}  {'vs':>24}")
     for row in results["variants"].values():
         versus = [signed_interval(row[key]) if key in row else "" for key in ("qwk_difference", "auc_difference")]
-        print(f"{row['label']:<62}{row['training_minutes']:>10.1f}{with_interval(row['qwk'], row['qwk_interval']):>22}"
-              f"{versus[0]:>22}{with_interval(row['referable_auc'], row['auc_interval']):>22}{versus[1]:>22}")
+        print(f"{row['label']:<64}{row['training_minutes']:>10.1f}  {with_interval(row['qwk'], row['qwk_interval']):>22}"
+              f"  {versus[0]:>24}  {with_interval(row['referable_auc'], row['auc_interval']):>22}  {versus[1]:>24}")
 
 
 def main(argv=None) -> int:

@@ -243,10 +243,10 @@ class ReportContext:
 def resolve_context(pipeline: dict, profile: str, data: str | None, out: str | None, device: str) -> ReportContext:
     if profile not in pipeline["profiles"]:
         raise RetinoError(f"unknown profile {profile!r}: choose one of {', '.join(pipeline['profiles'])}")
-    out_dir = Path(out) if out else BUILD_DIR / profile
+    out_dir = Path(out).resolve() if out else BUILD_DIR / profile
     spec = pipeline["profiles"][profile]
     if data:
-        data_dir = Path(data)
+        data_dir = Path(data).resolve()  # the notebooks run in another working directory
         if not data_dir.is_dir():
             raise RetinoError(f"data folder {data_dir} not found: pass --data with a dataset folder "
                               f"(lab, kaggle or aptos layout)")

@@ -17,7 +17,7 @@ import torchvision
 
 from retino_utils.errors import RetinoError
 from retino_utils.paths import NOTEBOOKS_DIR
-from retino_utils.report import ReportContext, build_report, check_parameters, load_pipeline, plan
+from retino_utils.report import ReportContext, build_report, check_parameters, load_pipeline, plan, resolve_context
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 EXPECTED_FIGURES = [
@@ -89,6 +89,15 @@ def test_missing_data_folder_is_a_one_line_error(tmp_path):
     assert "nowhere" in result.stderr and "not found" in result.stderr
     result = run_report("--profile", "full", "--out", tmp_path / "out")
     assert result.returncode == 2 and "--data" in result.stderr
+
+
+def test_relative_folders_reach_the_notebooks_as_absolute_paths(tmp_path, monkeypatch):
+    """The notebooks run in another working directory: a relative --data or --out must not move."""
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    ctx = resolve_context(load_pipeline(), "cpu", "data", "out", "cpu")
+    assert ctx.data_dir == tmp_path.resolve() / "data" and ctx.out == tmp_path.resolve() / "out"
+    assert ctx.figures.is_absolute()
 
 
 def test_only_matching_nothing_is_an_error(tmp_path):
