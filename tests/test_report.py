@@ -79,7 +79,7 @@ def test_plan_fills_groups_and_waits_for_their_runs(tmp_path):
     assert steps["data"].depends == []
     train = steps["train/resnet50_imagenet"]
     assert train.parameters["settings"] == {"image_size": 80, "epochs": 3, "batch_size": 32, "arch": "resnet50",
-                                            "weights": "imagenet", "fe_epochs": 1, "device": "cpu"}
+                                            "weights": "imagenet", "fe_epochs": 1, "device": "cpu", "sizes": ""}
 
 
 def test_missing_data_folder_is_a_one_line_error(tmp_path):
