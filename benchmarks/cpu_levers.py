@@ -18,6 +18,7 @@ Runs are kept under ``--out``: an interrupted study resumes, a finished one repr
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ VARIANTS = {
     "progressive": ("progressive resizing 128 -> 192 -> 256 px", {"image_size": 256, "sizes": "128:18,192:6"}),
 }
 FUSION_WEIGHT = 0.25
-# Levers applied when grading (suffix, label, options of validation_scores).
+# Levers applied when grading (suffix, label, options of ValidationGrader.scores).
 EVALUATION_LEVERS = (
     ("tta", "+ flip TTA", {"tta": True}),
     ("fuse", f"+ the two eyes fused ({FUSION_WEIGHT:g})", {"fuse": FUSION_WEIGHT}),
@@ -80,18 +81,22 @@ def frequency_grades(scores: np.ndarray, train_labels: np.ndarray) -> np.ndarray
     return scores_to_grades(scores, frequency_thresholds(scores, train_labels))
 
 
-def validation_scores(run_dir: Path, config: TrainConfig, tta: bool = False, fuse: float | None = None,
-                      frequencies: bool = False) -> dict:
-    """The kept checkpoint's regression scores on the validation split, with cross-fitted grades (or
-    grades cut at the training split's grade frequencies)."""
-    train, val, _ = read_splits(config)
-    predictor = Predictor.from_run(run_dir, config.device)
-    if fuse is not None:
-        predictor.fuse_eyes = fuse
-    table = predictor(list(val.paths), tta=tta)
-    scores, labels, names = table["score"].to_numpy(), val.labels, list(val.names)
-    grades = frequency_grades(scores, train.labels) if frequencies else cross_fitted_grades(scores, labels, names)
-    return {"scores": scores, "labels": labels, "names": names, "grades": grades}
+class ValidationGrader:
+    """A finished variant's kept checkpoint and its run's splits, read once, to grade the validation split
+    with or without the grading levers."""
+
+    def __init__(self, config: TrainConfig):
+        self.train, self.val, _ = read_splits(config)
+        self.predictor = Predictor.from_run(Path(config.out), config.device)
+
+    def scores(self, tta: bool = False, fuse: float | None = None, frequencies: bool = False) -> dict:
+        """Regression scores with cross-fitted grades (or grades cut at the training grade frequencies)."""
+        predictor = self.predictor if fuse is None else dataclasses.replace(self.predictor, fuse_eyes=fuse)
+        scores = predictor(list(self.val.paths), tta=tta)["score"].to_numpy()
+        labels, names = self.val.labels, list(self.val.names)
+        grades = (frequency_grades(scores, self.train.labels) if frequencies
+                  else cross_fitted_grades(scores, labels, names))
+        return {"scores": scores, "labels": labels, "names": names, "grades": grades}
 
 
 def summarise(label: str, measured: dict, base: dict | None, n_resamples: int) -> dict:
@@ -112,27 +117,25 @@ def run(args) -> dict:
     names = args.only or list(VARIANTS)
     if "base" not in names:
         names = ["base", *names]
-    measured, rows = {}, {}
+    measured, rows, graders = {}, {}, {}
     for name in names:
         config = variant_config(name, args)
         print(f"\n== {name}: {VARIANTS[name][0]} -> {config.out}", flush=True)
         fit(config)
-        measured[name] = validation_scores(Path(config.out), config)
+        graders[name] = ValidationGrader(config)
+        measured[name] = graders[name].scores()
         history = load_run(config.out).history
         rows[name] = {**summarise(VARIANTS[name][0], measured[name], None if name == "base" else measured["base"],
                                   args.resamples),
                       "training_minutes": float(history["seconds"].sum() / 60), "compared_with": "base"}
     # The levers that need no training, on every trained variant, each against that variant as it is.
     for trained in names:
-        config = variant_config(trained, args)
         for suffix, label, options in EVALUATION_LEVERS:
             name = f"{trained}+{suffix}"
-            measured[name] = validation_scores(Path(config.out), config, **options)
+            measured[name] = graders[trained].scores(**options)
             rows[name] = {**summarise(f"{trained} {label}", measured[name], measured[trained], args.resamples),
                           "training_minutes": 0.0, "compared_with": trained}
-    base_config = variant_config("base", args)
-    _, val, _ = read_splits(base_config)
-    return {"data": str(args.data), "validation_photos": len(val), "base": BASE, "variants": rows,
+    return {"data": str(args.data), "validation_photos": len(graders["base"].val), "base": BASE, "variants": rows,
             "minutes": (time.perf_counter() - start) / 60}
 
 

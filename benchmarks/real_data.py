@@ -16,6 +16,7 @@ The ``best-cpu`` settings were chosen on the validation split only (``benchmarks
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -40,8 +41,7 @@ def recipe_config(recipe: str, args) -> TrainConfig:
     if args.smoke:
         settings.update(epochs=2, image_size=32, batch_size=8, sizes="", bootstrap=100)
     config = TrainConfig.with_recipe(recipe, data=str(args.data), **settings)
-    name = f"{recipe}-{config.image_size}px-{config.epochs}ep"
-    return TrainConfig.with_recipe(recipe, data=str(args.data), out=str(args.out / name), **settings)
+    return dataclasses.replace(config, out=str(args.out / f"{recipe}-{config.image_size}px-{config.epochs}ep"))
 
 def majority_metrics(train_labels: np.ndarray, test_labels: np.ndarray) -> dict:
     majority = int(np.bincount(train_labels, minlength=NUM_CLASSES).argmax())

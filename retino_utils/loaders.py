@@ -67,12 +67,15 @@ def resolve_normalization(config: TrainConfig, train: "data.SplitIndex"):
 
 
 def build_run_data(config: TrainConfig, device: torch.device, ctx: DistContext, channels_last: bool,
-                   image_size: int | None = None, stats: tuple | None = None) -> RunData:
-    """The splits and loaders at ``image_size`` (default: the config's), normalised with ``stats``
-    (default: as the config says, at its image_size, so every stage of progressive resizing shares them)."""
+                   image_size: int | None = None, like: RunData | None = None) -> RunData:
+    """The splits and loaders at ``image_size`` (default: the config's). ``like``: the run's data at another
+    size (progressive resizing), whose splits and normalisation are reused rather than read again."""
     image_size = image_size or config.image_size
-    train, val, test = read_splits(config)
-    mean, std = stats or ctx.main_first(lambda: resolve_normalization(config, train))
+    if like is not None:
+        (train, val, test), (mean, std) = (like.train, like.val, like.test), (like.mean, like.std)
+    else:
+        train, val, test = read_splits(config)
+        mean, std = ctx.main_first(lambda: resolve_normalization(config, train))
     weights = sample_weights(train.labels) if config.sampler != "none" else None
     common = dict(device=device, mean=mean, std=std, rank=ctx.rank, world_size=ctx.world_size,
                   channels_last=channels_last)

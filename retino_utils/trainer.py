@@ -66,7 +66,7 @@ class Components:
         """Switch the splits and loaders to ``size`` (progressive resizing), normalised as at image_size."""
         if size not in self.data_by_size:
             self.data_by_size[size] = build_run_data(self.config, self.device, self.ctx, self.channels_last,
-                                                     image_size=size, stats=(self.data.mean, self.data.std))
+                                                     image_size=size, like=self.data)
         self.data = self.data_by_size[size]
         return self.data
 
