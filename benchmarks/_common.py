@@ -11,6 +11,7 @@ from retino_utils.errors import RetinoError
 from retino_utils.paths import BUILD_DIR, SHARED_DATA_DIR, cache_root
 
 REAL_DATA = SHARED_DATA_DIR / "eyepacs-dev"
+GRAHAM_SIZE = 256  # the side of eyepacs-dev's photos: the normalised copy keeps every pixel
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, smoke_help: str) -> None:
@@ -46,6 +47,19 @@ def run_on_real_data(args, run: Callable, print_table: Callable[[dict], None]) -
     if not args.data.is_dir():
         raise RetinoError(f"no dataset at {args.data}: pass --data DIR (the eyepacs-dev photos in the lab layout)")
     return publish(run(args), print_table, args.json)
+
+
+def graham_copy(args) -> Path:
+    """``args.data`` with Ben Graham's colour normalisation (``python -m retino_utils.data preprocess --graham``),
+    written once under ``args.out`` (a rerun only checks it)."""
+    from retino_utils.data.preprocess import preprocess
+
+    size = 64 if args.smoke else GRAHAM_SIZE
+    copy = args.out / f"graham-{size}px-photos"
+    summary = preprocess(args.data, copy, size, use_graham=True, progress=args.progress)
+    if summary.failed:
+        raise RetinoError(f"{len(summary.failed)} photos of {args.data} could not be read, e.g. {summary.failed[0]}")
+    return copy
 
 
 def smoke_data() -> Path:

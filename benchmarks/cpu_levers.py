@@ -3,14 +3,14 @@
 Trains ResNet-18 from scratch on the training photos of ``../shared/data/eyepacs-dev`` (lab split) once
 per variant: a base (the first ``best-cpu``: regression head, SGD one-cycle 0.003, any-angle rotations
 and flips, every grade drawn equally often, 30 epochs at 128 px, last epoch kept) and the base with
-one lever changed. Each run is
-scored on its validation split only (10% of the training patients; the test split is not read here):
-QWK with cut points cross-fitted over two halves of the validation patients (tuned on one half,
-applied to the other, so no photo grades itself), referable AUC, 95% patient-bootstrap intervals and
-the paired difference to the base. The levers that need no training (flip TTA, fusing the two eyes)
+one lever changed (``graham``: the same training on a copy of the photos with Ben Graham's colour
+normalisation, written once under ``--out``). Each run is scored on its validation split only (10% of
+the training patients; the test split is not read here): QWK with cut points cross-fitted over two
+halves of the validation patients (tuned on one half, applied to the other, so no photo grades
+itself), referable AUC, 95% patient-bootstrap intervals and the paired difference to the base. The levers that need no training (flip TTA, fusing the two eyes)
 are measured on every trained variant's checkpoint, against that variant.
 
-    python benchmarks/cpu_levers.py                  # about 70 minutes on a 2-core CPU; runs are kept
+    python benchmarks/cpu_levers.py                  # about 80 minutes on a 2-core CPU; runs are kept
     python benchmarks/cpu_levers.py --only base ema  # some variants
 
 Runs are kept under ``--out``: an interrupted study resumes, a finished one reprints its table.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import real_data_parser, run_on_real_data
+from _common import graham_copy, real_data_parser, run_on_real_data
 
 from retino_utils.config import TrainConfig
 from retino_utils.errors import run_cli
@@ -46,7 +46,9 @@ VARIANTS = {
     "ema": ("moving average of the weights (0.99)", {"ema": 0.99}),
     "augment": ("zoom +-10%, shift +-5%, brightness/contrast +-20%", {"scale": 0.1, "shift": 0.05, "color": 0.2}),
     "progressive": ("progressive resizing 128 -> 192 -> 256 px", {"image_size": 256, "sizes": "128:18,192:6"}),
+    "graham": ("photos: Ben Graham's colour normalisation (preprocess --graham)", {}),
 }
+GRAHAM_VARIANTS = {"graham"}  # trained on a normalised copy of the photos (same names, labels and splits)
 FUSION_WEIGHT = 0.25
 # Levers applied when grading (suffix, label, options of ValidationGrader.scores).
 EVALUATION_LEVERS = (
@@ -61,7 +63,8 @@ def variant_config(name: str, args) -> TrainConfig:
     settings = {**BASE, **VARIANTS[name][1]}
     if args.smoke:
         settings.update(epochs=2, image_size=32, batch_size=8, sizes="24:1" if settings.get("sizes") else "")
-    return TrainConfig(data=str(args.data), out=str(args.out / name), seed=args.seed, progress=args.progress,
+    photos = graham_copy(args) if name in GRAHAM_VARIANTS else args.data
+    return TrainConfig(data=str(photos), out=str(args.out / name), seed=args.seed, progress=args.progress,
                        resume=True, device=args.device, **settings)
 
 
@@ -106,6 +109,8 @@ def summarise(label: str, measured: dict, base: dict | None, n_resamples: int) -
     row = {"label": label, **{k: float(point[k]) for k in ("accuracy", "qwk", "macro_f1", "referable_auc")},
            "qwk_interval": spans["qwk"], "auc_interval": spans["referable_auc"]}
     if base is not None:
+        if list(base["names"]) != list(names):
+            raise RuntimeError(f"{label}: its validation photos differ from the base's; no paired difference")
         diff = paired_difference(y, grades, base["grades"], scores, base["scores"], names, n_resamples=n_resamples)
         row["qwk_difference"] = diff["qwk"]
         row["auc_difference"] = diff["referable_auc"]

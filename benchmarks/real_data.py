@@ -4,44 +4,66 @@ Trains ResNet-18 from scratch through the engine on the lab split of ``../shared
 (2,490 train / 608 test photos, 10% of the training patients held out for validation) with the
 reference reports' recipe (cross entropy, SGD 1e-3, flips; 30 epochs at 128 px, last epoch kept) and
 with the engine's ``best-cpu`` recipe as it declares itself (its epochs, sizes and validation-chosen
-checkpoint), and scores both once on the test split, with 95% patient-bootstrap intervals, against
-always answering the majority grade.
+checkpoint), on the photos as they are and on a copy with Ben Graham's colour normalisation
+(``python -m retino_utils.data preprocess --graham``, written once under ``--out``), and scores each
+once on the test split, with 95% patient-bootstrap intervals, against always answering the majority grade.
 
-    python benchmarks/real_data.py                      # about 40 minutes on a 2-core CPU
+    python benchmarks/real_data.py                      # about 75 minutes on a 2-core CPU
     python benchmarks/real_data.py --json real.json
 
 Runs are kept under ``--out``: an interrupted benchmark resumes, a finished one reprints its table.
-The ``best-cpu`` settings were chosen on the validation split only (``benchmarks/cpu_levers.py``).
+The ``best-cpu`` settings and the normalisation were chosen on the validation split only
+(``benchmarks/cpu_levers.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from _common import real_data_parser, run_on_real_data
+from _common import graham_copy, real_data_parser, run_on_real_data
 
 from retino_utils import NUM_CLASSES, data
 from retino_utils.config import RECIPES, TrainConfig
-from retino_utils.errors import run_cli
+from retino_utils.errors import RetinoError, run_cli
 from retino_utils.metrics import compute_metrics
-from retino_utils.results import load_run, with_interval
+from retino_utils.results import load_run, signed_interval, with_interval
+from retino_utils.uncertainty import paired_difference
 from retino_utils.train import fit
 
-RECIPE_LABELS = {"reports": "reports' recipe (CE, SGD 1e-3, flips)", "best-cpu": "ours (--recipe best-cpu)"}
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One row of the table: a recipe trained on the photos as they are or on their Graham-normalised copy."""
 
-def recipe_config(recipe: str, args) -> TrainConfig:
+    recipe: str
+    label: str
+    graham: bool = False
+
+
+ENTRIES = {
+    "reports": Entry("reports", "reports' recipe (CE, SGD 1e-3, flips)"),
+    "best-cpu": Entry("best-cpu", "ours (--recipe best-cpu)"),
+    "best-cpu-graham": Entry("best-cpu", "ours on Graham-normalised photos", graham=True),
+}
+PAIRS = (("best-cpu-graham", "best-cpu"),)  # (a, b): a minus b on the same test photos, when both ran
+
+
+def entry_config(name: str, args) -> TrainConfig:
     """Our recipe as it declares itself; the reports' one for a fixed length at 128 px (their resolution,
     512 px, is out of a CPU's reach), keeping its last epoch."""
+    entry = ENTRIES[name]
     settings = dict(arch="resnet18", seed=args.seed, progress=args.progress, resume=True, device=args.device)
-    if recipe == "reports":
+    if entry.recipe == "reports":
         settings.update(epochs=args.reports_epochs, image_size=128, best_metric="last")
     if args.smoke:
         settings.update(epochs=2, image_size=32, batch_size=8, sizes="", bootstrap=100)
-    config = TrainConfig.with_recipe(recipe, data=str(args.data), **settings)
-    return dataclasses.replace(config, out=str(args.out / f"{recipe}-{config.image_size}px-{config.epochs}ep"))
+    photos = graham_copy(args) if entry.graham else args.data
+    config = TrainConfig.with_recipe(entry.recipe, data=str(photos), **settings)
+    return dataclasses.replace(config, out=str(args.out / f"{name}-{config.image_size}px-{config.epochs}ep"))
 
 def majority_metrics(train_labels: np.ndarray, test_labels: np.ndarray) -> dict:
     majority = int(np.bincount(train_labels, minlength=NUM_CLASSES).argmax())
@@ -53,17 +75,26 @@ def run(args) -> dict:
     start = time.perf_counter()
     results = {"data": str(args.data),
                "baseline": {"label": "majority grade", **majority_metrics(train.labels, test.labels)}, "runs": {}}
-    for recipe in args.recipes:
-        config = recipe_config(recipe, args)
-        print(f"\n== {RECIPE_LABELS.get(recipe, recipe)}: {config.epochs} epochs -> {config.out}", flush=True)
+    for name in args.runs:
+        entry, config = ENTRIES[name], entry_config(name, args)
+        print(f"\n== {entry.label}: {config.epochs} epochs -> {config.out}", flush=True)
         fit(config)  # a finished run in the folder is reused as it is
         finished = load_run(config.out)
-        results["runs"][recipe] = {**finished.metrics, "label": RECIPE_LABELS.get(recipe, recipe),
-                                   "epochs": config.epochs, "settings": RECIPES[recipe], "out": config.out,
-                                   "sizes": config.size_stages(),
-                                   "training_minutes": finished.history["seconds"].sum() / 60}
+        results["runs"][name] = {**finished.metrics, "label": entry.label, "epochs": config.epochs,
+                                 "settings": RECIPES[entry.recipe], "graham": entry.graham, "out": config.out,
+                                 "sizes": config.size_stages(), "training_minutes": finished.history["seconds"].sum() / 60}
+    results["differences"] = {f"{a} - {b}": paired_on_test(results["runs"][a]["out"], results["runs"][b]["out"])
+                              for a, b in PAIRS if a in results["runs"] and b in results["runs"]}
     results["minutes"] = (time.perf_counter() - start) / 60
     return results
+
+def paired_on_test(run_a: str, run_b: str) -> dict:
+    """Run a minus run b on the same test photos, with paired patient-bootstrap intervals."""
+    a, b = (pd.read_csv(Path(run) / "predictions.csv") for run in (run_a, run_b))
+    if a["name"].tolist() != b["name"].tolist():
+        raise RetinoError(f"{run_a} and {run_b} graded different test photos: no paired difference")
+    return paired_difference(a["true_grade"], a["pred_grade"], b["pred_grade"], a["referable_score"],
+                             b["referable_score"], a["name"].tolist())
 
 def print_table(results: dict) -> None:
     rows = [results["baseline"], *results["runs"].values()]
@@ -79,16 +110,20 @@ def print_table(results: dict) -> None:
         print(f"{r['label']:<{width}}{r.get('epochs', ''):>7}{r.get('best_epoch', ''):>5}"
               f"{with_interval(r['accuracy'], spans.get('accuracy'), '.1%'):>22}{with_interval(r['qwk'], spans.get('qwk')):>24}"
               f"{r['macro_f1']:>7.3f}{recall}{with_interval(r.get('referable_auc'), spans.get('referable_auc')) if r.get('referable_auc') is not None else '':>24}")
+    for pair, difference in results.get("differences", {}).items():
+        print(f"{pair}, paired on the same photos: "
+              + ", ".join(f"{figure} {signed_interval(difference[figure])}" for figure in ("accuracy", "qwk", "referable_auc")))
     for r in results["runs"].values():
         settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items()) or "the engine's defaults"
         sizes = " -> ".join(f"{size} px x {epochs}" for size, epochs in r["sizes"])
-        print(f"{r['label']}: {settings}; {sizes}; kept epoch {r['best_epoch']} ({r['select_on']}); "
+        photos = "Graham-normalised photos" if r["graham"] else "photos as they are"
+        print(f"{r['label']}: {settings}; {photos}; {sizes}; kept epoch {r['best_epoch']} ({r['select_on']}); "
               f"trained {r['training_minutes']:.1f} minutes")
 
 def main(argv=None) -> int:
     parser = real_data_parser(__doc__.split("\n\n")[0], "real_data", "tiny synthetic data, 32 px, 2 epochs (for CI)")
     parser.add_argument("--reports-epochs", type=int, default=30, help="epochs of the reports' recipe at 128 px")
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPE_LABELS), choices=list(RECIPES))
+    parser.add_argument("--runs", nargs="+", default=list(ENTRIES), choices=list(ENTRIES))
     return run_on_real_data(parser.parse_args(argv), run, print_table)
 
 

@@ -31,7 +31,7 @@ from .config import load_config
 from .data import BatchLoader, SplitIndex, detect_layout, read_split
 from .data.images import ImageSource, decode_problem, load_rgb, load_resized, square_resize
 from .data.layouts import IMAGE_EXTENSIONS
-from .data.preprocess import prepared_photo
+from .data.preprocess import is_graham_copy, prepared_photo
 from .device import resolve_device, use_bf16, use_channels_last
 from .engine import evaluate, predict_grades, referable_scores
 from .errors import RetinoError, run_cli
@@ -193,6 +193,22 @@ def read_inputs(source: str | Path, split: str = "test") -> Inputs:
     return Inputs(list(index.names), list(index.paths), index.labels)
 
 
+def normalisation_mismatch(run_dir: Path, photos: Sequence[Path], graham: bool) -> str | None:
+    """A note when the photos to grade and the run's training photos differ in Ben Graham's normalisation
+    (a copy made by ``preprocess --graham`` holds its photos in its root or in ``images/``)."""
+    trained_on = Path(load_config(run_dir / "config.yaml").data)
+    trained = is_graham_copy(trained_on)
+    given = graham or any(is_graham_copy(folder) for photo in photos[:1] for folder in Path(photo).parents[:2])
+    if trained and not given:
+        return (f"note: {run_dir} learned from Graham-normalised photos ({trained_on}) and these are not: add "
+                f"--preprocess --graham for camera photos, or grade a copy made by "
+                f"`python -m retino_utils.data preprocess --graham`")
+    if given and not trained:
+        return (f"note: {run_dir} learned from photos without Graham's normalisation ({trained_on}); normalised "
+                f"photos are unlike anything it saw: drop --graham, or grade the photos as they are")
+    return None
+
+
 def score_against_labels(table: pd.DataFrame, predictor: Predictor) -> dict:
     """The metrics training reports, with the run's own bootstrap settings and screening thresholds."""
     y_true, y_pred = table["true_grade"].to_numpy(), table["pred_grade"].to_numpy()
@@ -232,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise RetinoError("--graham applies to --preprocess: add --preprocess (or drop --graham)")
     predictor = Predictor.from_run(args.run_dir, args.device, args.batch_size)
     inputs = read_inputs(args.input, args.split)
+    if note := normalisation_mismatch(args.run_dir, inputs.paths, args.graham):
+        print(note, file=sys.stderr)
     problems = {i: reason for i, path in enumerate(progress(inputs.paths, desc="checking", unit="img"))
                 if (reason := decode_problem(path))}
     good = [i for i in range(len(inputs.paths)) if i not in problems]

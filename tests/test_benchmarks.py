@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from retino_utils.paths import REPO_ROOT
@@ -41,7 +42,13 @@ def test_real_data_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "majority grade" in result.stdout and "best-cpu" in result.stdout
     figures = json.loads(out.read_text())
-    assert set(figures["runs"]) == {"reports", "best-cpu"}
+    assert set(figures["runs"]) == {"reports", "best-cpu", "best-cpu-graham"}
+    normalised = yaml.safe_load((Path(figures["runs"]["best-cpu-graham"]["out"]) / "config.yaml").read_text())["data"]
+    assert json.loads((Path(normalised) / ".retino-preprocess.json").read_text())["graham"] is True
+    paired = figures["differences"]["best-cpu-graham - best-cpu"]
+    for figure in ("accuracy", "qwk"):
+        expected = figures["runs"]["best-cpu-graham"][figure] - figures["runs"]["best-cpu"][figure]
+        assert paired[figure]["difference"] == pytest.approx(expected)
     for run in figures["runs"].values():
         assert run["epochs"] == 2 and run["intervals"]["qwk"][0] <= run["qwk"] <= run["intervals"]["qwk"][1]
         predictions = pd.read_csv(Path(run["out"]) / "predictions.csv")
@@ -64,7 +71,7 @@ def test_cpu_levers_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
     variants = figures["variants"]
-    assert {"base", "progressive", "ema", "base+tta", "progressive+fuse", "adamw+frequencies"} <= set(variants)
+    assert {"base", "progressive", "ema", "graham", "base+tta", "progressive+fuse", "adamw+frequencies"} <= set(variants)
     for name, row in variants.items():
         low, high = row["qwk_interval"]
         assert -1 <= low <= high <= 1, name

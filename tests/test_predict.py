@@ -9,12 +9,14 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from retino_utils.config import TrainConfig
 from retino_utils.data import read_split
 from retino_utils.data.images import load_rgb, square_resize
-from retino_utils.predict import Predictor
+from retino_utils.data.preprocess import preprocess
+from retino_utils.predict import Predictor, normalisation_mismatch
 from retino_utils.synthetic import generate_dataset, mask_path, render_fundus
 from retino_utils.train import fit
 
@@ -112,3 +114,26 @@ def test_lesion_masks_are_written_and_leave_the_photos_unchanged(tmp_path):
         plain = render_fundus(grade, 64, np.random.default_rng(rng), lesion_scale=2.5)
         pixels, lesions = render_fundus(grade, 64, np.random.default_rng(rng), lesion_scale=2.5, with_mask=True)
         assert np.array_equal(plain, pixels) and lesions.dtype == bool
+
+
+def test_a_mismatch_in_grahams_normalisation_is_noted(trained, tiny_dataset, tmp_path):
+    """Photos normalised unlike the run's training photos get a note on stderr (the grades still come)."""
+    normalised = tmp_path / "graham"
+    preprocess(tiny_dataset, normalised, 32, use_graham=True, progress=False)
+    camera, copies = read_split(tiny_dataset, "test").paths, read_split(normalised, "test").paths
+    assert normalisation_mismatch(trained, camera, graham=False) is None
+    assert "without Graham" in normalisation_mismatch(trained, camera, graham=True)
+    assert "without Graham" in normalisation_mismatch(trained, copies, graham=False)
+    listed = tmp_path / "photos.txt"
+    listed.write_text("\n".join(map(str, copies)))
+    result = predict_cli(trained, listed, "--out", tmp_path / "grades.csv")
+    assert result.returncode == 0 and "without Graham" in result.stderr, result.stderr
+    assert len(pd.read_csv(tmp_path / "grades.csv")) == len(copies)
+    # A run trained on the normalised copy: camera photos need --preprocess --graham, the copy needs nothing.
+    graham_run = tmp_path / "graham_run"
+    graham_run.mkdir()
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    (graham_run / "config.yaml").write_text(yaml.safe_dump({**config, "data": str(normalised)}))
+    assert "--preprocess --graham" in normalisation_mismatch(graham_run, camera, graham=False)
+    assert normalisation_mismatch(graham_run, camera, graham=True) is None
+    assert normalisation_mismatch(graham_run, copies, graham=False) is None

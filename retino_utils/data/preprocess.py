@@ -222,6 +222,12 @@ def _check_folders(src: Path, dst: Path) -> None:
         raise RetinoError(f"destination {dst} contains the source {src}: pick a folder outside it")
 
 
+def is_graham_copy(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` was written by ``preprocess --graham`` (its settings file says so)."""
+    marker = Path(folder) / SETTINGS_FILE
+    return marker.is_file() and bool(json.loads(marker.read_text()).get("graham"))
+
+
 def _claim(dst: Path, settings: PreprocessSettings) -> None:
     """Record the settings in DST; resuming with other settings would mix two kinds of images."""
     marker = dst / SETTINGS_FILE
