@@ -31,7 +31,7 @@ from .config import load_config
 from .data import BatchLoader, SplitIndex, detect_layout, read_split
 from .data.images import ImageSource, decode_problem, load_rgb, load_resized, square_resize
 from .data.layouts import IMAGE_EXTENSIONS
-from .data.preprocess import is_graham_copy, prepared_photo
+from .data.preprocess import copy_settings, is_graham_copy, prepared_photo
 from .device import resolve_device, use_bf16, use_channels_last
 from .engine import evaluate, predict_grades, referable_scores
 from .errors import RetinoError, run_cli
@@ -43,15 +43,16 @@ from .results import with_interval
 from .screening import operating_points
 from .uncertainty import N_RESAMPLES, intervals
 
-PREPROCESS_SIZE = 512  # the side `data preprocess` writes by default
+PREPROCESS_SIZE = 512  # the side `data preprocess` writes by default (for runs not trained on such a copy)
 
 
 class _Photos:
     """Photos (paths or PIL images) decoded as the run's training pipeline decoded its own."""
 
-    def __init__(self, items: Sequence[ImageSource], image_size: int, preprocess: bool, graham: bool):
+    def __init__(self, items: Sequence[ImageSource], image_size: int, preprocess: bool, graham: bool,
+                 preprocess_size: int = PREPROCESS_SIZE):
         self.items, self.image_size = list(items), image_size
-        self.preprocess, self.graham = preprocess, graham
+        self.preprocess, self.graham, self.preprocess_size = preprocess, graham, preprocess_size
         self.labels = np.zeros(len(self.items), dtype=np.int64)
 
     def __len__(self) -> int:
@@ -60,7 +61,8 @@ class _Photos:
     def pixels(self, i: int) -> np.ndarray:
         if not self.preprocess:
             return load_resized(self.items[i], self.image_size)
-        photo = prepared_photo(load_rgb(self.items[i], draft_size=2 * PREPROCESS_SIZE), PREPROCESS_SIZE, self.graham)
+        size = self.preprocess_size
+        photo = prepared_photo(load_rgb(self.items[i], draft_size=2 * size), size, self.graham)
         return np.array(square_resize(photo, self.image_size))
 
     def read(self, indices: np.ndarray, out: np.ndarray) -> None:
@@ -85,6 +87,7 @@ class Predictor:
     batch_size: int
     metrics: dict
     fuse_eyes: float = 0.0  # the run's weight of a patient's other eye, for photos named <patient>_left/right
+    preprocess_size: int = PREPROCESS_SIZE  # --preprocess writes photos this big: the run's training copy's side
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", batch_size: int | None = None,
@@ -102,10 +105,12 @@ class Predictor:
         channels_last = use_channels_last(target)
         model = model.to(target, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
         target_point = metrics.get("screening", {}).get("operating_points", {}).get("target")
+        training_copy = copy_settings(config.data)
         return cls(run_dir, model, config.image_size, tuple(metrics["normalization"]["mean"]),
                    tuple(metrics["normalization"]["std"]), metrics.get("thresholds"),
                    target_point["threshold"] if target_point else None, target, use_bf16(target, config.precision),
-                   channels_last, batch_size or 2 * config.batch_size, metrics, config.fuse_eyes)
+                   channels_last, batch_size or 2 * config.batch_size, metrics, config.fuse_eyes,
+                   training_copy.size if training_copy else PREPROCESS_SIZE)
 
     def loader(self, photos) -> BatchLoader:
         return BatchLoader(photos, self.batch_size, shuffle=False, augment=False, mean=self.mean, std=self.std,
@@ -114,7 +119,7 @@ class Predictor:
     def __call__(self, photos: Sequence[ImageSource], tta: bool = False, preprocess: bool = False,
                  graham: bool = False, show_progress: bool = False) -> pd.DataFrame:
         """One row per photo: grade, class probabilities (or the regression score), referable score, refer."""
-        source = _Photos(photos, self.image_size, preprocess, graham)
+        source = _Photos(photos, self.image_size, preprocess, graham, self.preprocess_size)
         result = evaluate(self.model, None, self.loader(source), device=self.device, bf16=self.bf16, tta=tta,
                           show_progress=show_progress, desc="grading")
         names = [Path(p).stem if isinstance(p, (str, Path)) else "" for p in photos]
@@ -134,7 +139,7 @@ class Predictor:
     def cams(self, photos: Sequence[ImageSource], target: str = "grade", preprocess: bool = False,
              graham: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Each photo as the model saw it (N, S, S, 3 uint8) and its Grad-CAM (N, S, S in [0, 1])."""
-        source = _Photos(photos, self.image_size, preprocess, graham)
+        source = _Photos(photos, self.image_size, preprocess, graham, self.preprocess_size)
         seen = np.zeros((len(source), self.image_size, self.image_size, 3), dtype=np.uint8)
         source.read(np.arange(len(source)), seen)
         decoded = _Decoded(seen)  # the batches below reuse these pixels instead of decoding again
@@ -235,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cam-target", default="grade", choices=("grade", "referable"),
                         help="what the map explains: the predicted grade or the referable score")
     parser.add_argument("--preprocess", action="store_true",
-                        help="crop the disc and resize as `data preprocess` does (raw camera photos)")
+                        help="crop the disc and resize as `data preprocess` does (raw camera photos), at the side "
+                             "of the run's training copy if it trained on one, else 512")
     parser.add_argument("--graham", action="store_true", help="with --preprocess: Ben Graham's colour normalisation")
     parser.add_argument("--batch-size", type=int, help="photos per batch (default: the run's evaluation batch)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")

@@ -1,8 +1,10 @@
 """Grading new photos with a trained run: the run's own figures reproduced exactly, any photo format,
 unreadable files reported, overlays written; and the synthetic lesion masks the pointing score uses."""
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -137,3 +139,27 @@ def test_a_mismatch_in_grahams_normalisation_is_noted(trained, tiny_dataset, tmp
     assert "--preprocess --graham" in normalisation_mismatch(graham_run, camera, graham=False)
     assert normalisation_mismatch(graham_run, camera, graham=True) is None
     assert normalisation_mismatch(graham_run, copies, graham=False) is None
+
+
+def test_preprocess_prepares_photos_at_the_side_of_the_runs_training_copy(trained, tmp_path):
+    """Raw photos graded with --preprocess are the copy the run trained on, not a 512 px copy resized."""
+    photos = generate_dataset(tmp_path / "fundus", 6, 6, size=160, progress=False)
+    for jpeg in (photos / "images").glob("*.jpeg"):  # PNG: the copy is lossless, so it can be matched exactly
+        Image.open(jpeg).save(jpeg.with_suffix(".png"))
+        jpeg.unlink()
+    copy = tmp_path / "copy48"
+    preprocess(photos, copy, 48, use_graham=True, progress=False)
+    copy_run = tmp_path / "copy_run"
+    shutil.copytree(trained, copy_run)
+    config = yaml.safe_load((copy_run / "config.yaml").read_text())
+    (copy_run / "config.yaml").write_text(yaml.safe_dump({**config, "data": str(copy)}))
+    predictor = Predictor.from_run(copy_run)
+    assert predictor.preprocess_size == 48 and Predictor.from_run(trained).preprocess_size == 512
+    predictor = dataclasses.replace(predictor, image_size=48)  # as a run at the copy's side: every pixel compared
+    raw, copied = read_split(photos, "test").paths, read_split(copy, "test").paths
+    assert all(path.suffix == ".png" for path in copied)
+    seen_in_training, _ = predictor.cams(copied)
+    at_copy_side, _ = predictor.cams(raw, preprocess=True, graham=True)
+    at_512, _ = dataclasses.replace(predictor, preprocess_size=512).cams(raw, preprocess=True, graham=True)
+    np.testing.assert_array_equal(at_copy_side, seen_in_training)
+    assert not np.array_equal(at_512, seen_in_training)  # the side matters

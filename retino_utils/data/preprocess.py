@@ -222,10 +222,16 @@ def _check_folders(src: Path, dst: Path) -> None:
         raise RetinoError(f"destination {dst} contains the source {src}: pick a folder outside it")
 
 
-def is_graham_copy(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` was written by ``preprocess --graham`` (its settings file says so)."""
+def copy_settings(folder: str | os.PathLike) -> PreprocessSettings | None:
+    """How ``preprocess`` wrote ``folder`` (its settings file), or None for a folder it did not write."""
     marker = Path(folder) / SETTINGS_FILE
-    return marker.is_file() and bool(json.loads(marker.read_text()).get("graham"))
+    return PreprocessSettings(**json.loads(marker.read_text())) if marker.is_file() else None
+
+
+def is_graham_copy(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` was written by ``preprocess --graham``."""
+    settings = copy_settings(folder)
+    return settings is not None and settings.graham
 
 
 def _claim(dst: Path, settings: PreprocessSettings) -> None:
