@@ -26,6 +26,7 @@ from retino_utils.data import (
     load_resized,
     read_split,
 )
+from retino_utils.data import cachedir
 from retino_utils.data.__main__ import main
 from retino_utils.data.transforms import rotate
 from retino_utils.errors import RetinoError
@@ -315,3 +316,18 @@ def test_cli_builds_both_splits(tmp_path, capsys):
     assert "train: 6 images at 8 px" in out and "test: 4 images at 8 px" in out
     for split in ("train", "test"):
         assert ImageCache.build(read_split(tmp_path, split), 8, progress=False).images.shape[1:] == (8, 8, 3)
+
+
+def test_a_cache_folder_created_by_another_build_meanwhile_is_shared(tmp_path, monkeypatch):
+    """The race behind concurrent builds, made certain: another process creates the data folder's cache folder
+    right after this one looked; both must still use it (not one of them a fallback elsewhere)."""
+    local = tmp_path / cachedir.LOCAL_CACHE_NAME
+    checked = cachedir._may_write
+
+    def and_another_build_creates_it(folder):
+        answer = checked(folder)
+        local.mkdir(exist_ok=True)
+        return answer
+
+    monkeypatch.setattr(cachedir, "_may_write", and_another_build_creates_it)
+    assert cachedir.dataset_cache_dir(tmp_path) == local

@@ -24,7 +24,9 @@ def dataset_cache_dir(root: str | os.PathLike) -> Path:
     """
     root = Path(root).resolve()
     local = root / LOCAL_CACHE_NAME
-    if _may_write(local) or (not local.exists() and _may_write(root)):
+    # Looked at once: a concurrent build may create the folder between two looks, and both must choose it.
+    exists = local.exists()
+    if _may_write(local) if exists else _may_write(root):
         local.mkdir(exist_ok=True)
         return local
     fallback = cache_root() / hashlib.sha256(str(root).encode()).hexdigest()[:16]
