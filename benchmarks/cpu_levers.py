@@ -7,8 +7,9 @@ one lever changed (``graham``: the same training on a copy of the photos with Be
 normalisation, written once under ``--out``). Each run is scored on its validation split only (10% of
 the training patients; the test split is not read here): QWK with cut points cross-fitted over two
 halves of the validation patients (tuned on one half, applied to the other, so no photo grades
-itself), referable AUC, 95% patient-bootstrap intervals and the paired difference to the base. The levers that need no training (flip TTA, fusing the two eyes)
-are measured on every trained variant's checkpoint, against that variant.
+itself), referable AUC, 95% patient-bootstrap intervals and the paired difference to the base. The
+levers that need no training (flip TTA, fusing the two eyes) are measured on every trained variant's
+checkpoint, against that variant.
 
     python benchmarks/cpu_levers.py                  # about 80 minutes on a 2-core CPU; runs are kept
     python benchmarks/cpu_levers.py --only base ema  # some variants
@@ -27,7 +28,7 @@ import numpy as np
 from _common import graham_copy, real_data_parser, run_on_real_data
 
 from retino_utils.config import TrainConfig
-from retino_utils.errors import run_cli
+from retino_utils.errors import RetinoError, run_cli
 from retino_utils.loaders import read_splits
 from retino_utils.losses.ordinal import frequency_thresholds, scores_to_grades, tune_thresholds
 from retino_utils.predict import Predictor
@@ -110,7 +111,7 @@ def summarise(label: str, measured: dict, base: dict | None, n_resamples: int) -
            "qwk_interval": spans["qwk"], "auc_interval": spans["referable_auc"]}
     if base is not None:
         if list(base["names"]) != list(names):
-            raise RuntimeError(f"{label}: its validation photos differ from the base's; no paired difference")
+            raise RetinoError(f"{label}: its validation photos differ from the base's; no paired difference")
         diff = paired_difference(y, grades, base["grades"], scores, base["scores"], names, n_resamples=n_resamples)
         row["qwk_difference"] = diff["qwk"]
         row["auc_difference"] = diff["referable_auc"]

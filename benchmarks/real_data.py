@@ -35,6 +35,7 @@ from retino_utils.results import load_run, signed_interval, with_interval
 from retino_utils.uncertainty import paired_difference
 from retino_utils.train import fit
 
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One row of the table: a recipe trained on the photos as they are or on their Graham-normalised copy."""
@@ -65,9 +66,11 @@ def entry_config(name: str, args) -> TrainConfig:
     config = TrainConfig.with_recipe(entry.recipe, data=str(photos), **settings)
     return dataclasses.replace(config, out=str(args.out / f"{name}-{config.image_size}px-{config.epochs}ep"))
 
+
 def majority_metrics(train_labels: np.ndarray, test_labels: np.ndarray) -> dict:
     majority = int(np.bincount(train_labels, minlength=NUM_CLASSES).argmax())
     return compute_metrics(test_labels, np.full_like(test_labels, majority))
+
 
 def run(args) -> dict:
     train, test = data.read_split(args.data, "train"), data.read_split(args.data, "test")
@@ -88,6 +91,7 @@ def run(args) -> dict:
     results["minutes"] = (time.perf_counter() - start) / 60
     return results
 
+
 def paired_on_test(run_a: str, run_b: str) -> dict:
     """Run a minus run b on the same test photos, with paired patient-bootstrap intervals."""
     a, b = (pd.read_csv(Path(run) / "predictions.csv") for run in (run_a, run_b))
@@ -95,6 +99,7 @@ def paired_on_test(run_a: str, run_b: str) -> dict:
         raise RetinoError(f"{run_a} and {run_b} graded different test photos: no paired difference")
     return paired_difference(a["true_grade"], a["pred_grade"], b["pred_grade"], a["referable_score"],
                              b["referable_score"], a["name"].tolist())
+
 
 def print_table(results: dict) -> None:
     rows = [results["baseline"], *results["runs"].values()]
@@ -107,18 +112,22 @@ def print_table(results: dict) -> None:
     for r in rows:
         spans = r.get("intervals", {})
         recall = "".join(f"{v:>6.2f}" for v in r["recall"])
+        auc = r.get("referable_auc")
         print(f"{r['label']:<{width}}{r.get('epochs', ''):>7}{r.get('best_epoch', ''):>5}"
-              f"{with_interval(r['accuracy'], spans.get('accuracy'), '.1%'):>22}{with_interval(r['qwk'], spans.get('qwk')):>24}"
-              f"{r['macro_f1']:>7.3f}{recall}{with_interval(r.get('referable_auc'), spans.get('referable_auc')) if r.get('referable_auc') is not None else '':>24}")
+              f"{with_interval(r['accuracy'], spans.get('accuracy'), '.1%'):>22}"
+              f"{with_interval(r['qwk'], spans.get('qwk')):>24}{r['macro_f1']:>7.3f}{recall}"
+              f"{'' if auc is None else with_interval(auc, spans.get('referable_auc')):>24}")
     for pair, difference in results.get("differences", {}).items():
+        figures = ("accuracy", "qwk", "referable_auc")
         print(f"{pair}, paired on the same photos: "
-              + ", ".join(f"{figure} {signed_interval(difference[figure])}" for figure in ("accuracy", "qwk", "referable_auc")))
+              + ", ".join(f"{figure} {signed_interval(difference[figure])}" for figure in figures))
     for r in results["runs"].values():
         settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items()) or "the engine's defaults"
         sizes = " -> ".join(f"{size} px x {epochs}" for size, epochs in r["sizes"])
         photos = "Graham-normalised photos" if r["graham"] else "photos as they are"
         print(f"{r['label']}: {settings}; {photos}; {sizes}; kept epoch {r['best_epoch']} ({r['select_on']}); "
               f"trained {r['training_minutes']:.1f} minutes")
+
 
 def main(argv=None) -> int:
     parser = real_data_parser(__doc__.split("\n\n")[0], "real_data", "tiny synthetic data, 32 px, 2 epochs (for CI)")

@@ -40,6 +40,7 @@ from retino_utils.device import autocast, resolve_device, use_bf16, use_channels
 from retino_utils.paths import cache_root
 from retino_utils.synthetic import cached_dataset
 
+
 class ReportsDataset(Dataset):
     """The reports' per-item pipeline (plus a Resize, so every pipeline trains at the same size)."""
 
@@ -56,9 +57,11 @@ class ReportsDataset(Dataset):
     def __getitem__(self, i):
         return self.transform(Image.open(self.paths[i]).convert("RGB")), int(self.labels[i])
 
+
 def endless(loader):
     while True:
         yield from loader
+
 
 class Pipeline:
     """A model, its optimizer, and the batches it trains on; ``rate`` times ``steps`` training steps."""
@@ -93,9 +96,11 @@ class Pipeline:
         _sync(self.device)
         return images / (time.perf_counter() - start)
 
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
 
 def images_for_benchmark(smoke: bool) -> tuple[Path, str]:
     """The real eyepacs-dev photos when they are beside the project, synthetic ones otherwise."""
@@ -104,6 +109,7 @@ def images_for_benchmark(smoke: bool) -> tuple[Path, str]:
     n = 64 if smoke else 600
     folder = cached_dataset(cache_root() / f"benchmark-synthetic-{n}", n, 8, size=256)
     return folder, f"synthetic ({n} JPEGs, 256 px)"
+
 
 def measure(args) -> dict:
     device = resolve_device(args.device)
@@ -147,11 +153,13 @@ def measure(args) -> dict:
             print(f"  {arch}: " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items()) + " images/s", flush=True)
     return results
 
+
 def _device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     return f"{caps.get('cpu_name', 'cpu')} ({os.cpu_count()} logical cores, {torch.get_num_threads()} threads)"
+
 
 def print_table(results: dict) -> None:
     print(f"\ntraining throughput, {results['device_name']}, {results['size']} px, batch {results['batch_size']}")
@@ -160,6 +168,7 @@ def print_table(results: dict) -> None:
         print(f"{arch:<10}{r['reference_images_per_s']:>12.1f}{r['ours_images_per_s']:>10.1f}"
               f"{r['ceiling_images_per_s']:>10.1f}{r['speedup']:>9.2f}x{r['efficiency']:>11.2f}")
     print(f"(images/s, medians of interleaved repeats; cache build {results['cache_build_images_per_s']:.0f} images/s)")
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -179,6 +188,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.size, args.archs, args.steps, args.repeats, args.batch_size = 32, ["resnet18"], 2, 1, 8
     return publish(measure(args), print_table, args.json)
+
 
 if __name__ == "__main__":
     sys.exit(main())

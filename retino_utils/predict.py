@@ -50,7 +50,7 @@ class _Photos:
     """Photos (paths or PIL images) decoded as the run's training pipeline decoded its own."""
 
     def __init__(self, items: Sequence[ImageSource], image_size: int, preprocess: bool, graham: bool,
-                 preprocess_size: int = PREPROCESS_SIZE):
+                 preprocess_size: int):
         self.items, self.image_size = list(items), image_size
         self.preprocess, self.graham, self.preprocess_size = preprocess, graham, preprocess_size
         self.labels = np.zeros(len(self.items), dtype=np.int64)

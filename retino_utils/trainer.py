@@ -251,7 +251,8 @@ def _run_epoch(parts: Components, epoch, phase, train_model, optimizer, schedule
         # one): the scores gathered while training come from batch statistics and a moving model.
         thresholds = _cut_points(parts, val if val is not None else parts.evaluate(data.train_eval_loader))
     loss_sum, n = ctx.sum(train.loss_sum, train.n)
-    row = {"epoch": epoch, "phase": phase, "image_size": data.train_loader.source.image_size, "lr": lr, "train_loss": loss_sum / max(n, 1),
+    row = {"epoch": epoch, "phase": phase, "image_size": data.train_loader.source.image_size, "lr": lr,
+           "train_loss": loss_sum / max(n, 1),
            "train_acc": float(np.mean(predict_grades(train_outputs, thresholds) == train_labels.numpy()))}
     for split, result in (("val", val), ("test", parts.evaluate(data.test_loader))):
         metrics = _metrics(result, thresholds) if result is not None else {}

@@ -31,6 +31,14 @@ def trained(tmp_path_factory, tiny_dataset):
     return out
 
 
+def run_trained_on(trained, data, folder):
+    """A copy of the run ``trained`` whose config says it trained on ``data`` (what predict reads of it)."""
+    shutil.copytree(trained, folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "data": str(data)}))
+    return folder
+
+
 def predict_cli(*args):
     return subprocess.run([sys.executable, "-m", "retino_utils.predict", *map(str, args)], capture_output=True,
                           text=True, env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
@@ -132,10 +140,7 @@ def test_a_mismatch_in_grahams_normalisation_is_noted(trained, tiny_dataset, tmp
     assert result.returncode == 0 and "without Graham" in result.stderr, result.stderr
     assert len(pd.read_csv(tmp_path / "grades.csv")) == len(copies)
     # A run trained on the normalised copy: camera photos need --preprocess --graham, the copy needs nothing.
-    graham_run = tmp_path / "graham_run"
-    graham_run.mkdir()
-    config = yaml.safe_load((trained / "config.yaml").read_text())
-    (graham_run / "config.yaml").write_text(yaml.safe_dump({**config, "data": str(normalised)}))
+    graham_run = run_trained_on(trained, normalised, tmp_path / "graham_run")
     assert "--preprocess --graham" in normalisation_mismatch(graham_run, camera, graham=False)
     assert normalisation_mismatch(graham_run, camera, graham=True) is None
     assert normalisation_mismatch(graham_run, copies, graham=False) is None
@@ -149,11 +154,7 @@ def test_preprocess_prepares_photos_at_the_side_of_the_runs_training_copy(traine
         jpeg.unlink()
     copy = tmp_path / "copy48"
     preprocess(photos, copy, 48, use_graham=True, progress=False)
-    copy_run = tmp_path / "copy_run"
-    shutil.copytree(trained, copy_run)
-    config = yaml.safe_load((copy_run / "config.yaml").read_text())
-    (copy_run / "config.yaml").write_text(yaml.safe_dump({**config, "data": str(copy)}))
-    predictor = Predictor.from_run(copy_run)
+    predictor = Predictor.from_run(run_trained_on(trained, copy, tmp_path / "copy_run"))
     assert predictor.preprocess_size == 48 and Predictor.from_run(trained).preprocess_size == 512
     predictor = dataclasses.replace(predictor, image_size=48)  # as a run at the copy's side: every pixel compared
     raw, copied = read_split(photos, "test").paths, read_split(copy, "test").paths
