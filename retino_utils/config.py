@@ -35,7 +35,10 @@ def setting(default, help: str):
 
 # Settings that change how a run is executed but not what it computes: a resumed run may differ in them.
 RUNTIME_FIELDS = ("out", "resume", "device", "progress", "workers", "compile")
-REGRESSION_LOSSES = ("mse", "smooth_l1")  # losses that train the one-output (ordinal regression) head
+REGRESSION_LOSSES = ("mse", "smooth_l1")
+MIN_IMAGE_SIZE = 16  # the smallest side the ResNets still reduce to a 1 x 1 feature map
+PATH_FIELDS = ("data", "out")  # stored absolute: a relative path means another folder elsewhere
+TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "none"}  # losses that train the one-output (ordinal regression) head
 
 
 @dataclass
@@ -109,16 +112,24 @@ class TrainConfig:
     recipe: str | None = setting(None, "named settings; explicit ones override them")
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.weights = normalize_weights(self.weights)
+        if self.weights not in (None, "imagenet"):
+            self.weights = os.path.abspath(os.path.expanduser(self.weights))
+        for name in PATH_FIELDS:  # a run is found again from any working directory
+            if getattr(self, name):
+                setattr(self, name, os.path.abspath(os.path.expanduser(getattr(self, name))))
         for name, allowed in choices(type(self)).items():
             value = getattr(self, name)
             if value not in allowed:
                 raise RetinoError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise RetinoError(f"unknown recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}")
-        for name in ("epochs", "batch_size", "image_size"):
+        for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise RetinoError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise RetinoError(f"image_size must be at least {MIN_IMAGE_SIZE} px, got {self.image_size}")
         if not 0 <= self.fe_epochs <= self.epochs:
             raise RetinoError(f"fe_epochs must be between 0 and epochs ({self.epochs}), got {self.fe_epochs}")
         if not 0 <= self.val_fraction < 1:
@@ -135,6 +146,30 @@ class TrainConfig:
                 raise RetinoError(f"{name} must be in [0, {high}), got {getattr(self, name)}")
         self.size_stages()  # refuses a malformed --sizes
 
+    def _check_types(self) -> None:
+        """Each value of the type its field declares (YAML and notebooks pass anything): one line if not."""
+        for name, hint in typing.get_type_hints(type(self)).items():
+            value = getattr(self, name)
+            if typing.get_origin(hint) is Literal:
+                continue  # checked against its choices below
+            allowed = {arg for arg in typing.get_args(hint)} or {hint}
+            if value is None and type(None) in allowed:
+                continue
+            if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, float(value))
+                continue
+            if float in allowed and isinstance(value, str):
+                try:  # YAML reads 1e-3 (no dot) as text
+                    setattr(self, name, float(value))
+                    continue
+                except ValueError:
+                    pass
+            if any(isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+                   for kind in allowed if kind is not type(None)):
+                continue
+            wanted = " or ".join(TYPE_NAMES.get(kind, kind.__name__) for kind in allowed)
+            raise RetinoError(f"setting {name} must be {wanted}, got {value!r}")
+
     def size_stages(self) -> list[tuple[int, int]]:
         """(size, epochs) of each progressive-resizing stage, the last at image_size."""
         stages = []
@@ -146,8 +181,10 @@ class TrainConfig:
                 raise RetinoError(f"sizes wants SIZE:EPOCHS pairs such as 128:10,192:8, got {self.sizes!r}") from None
         used = sum(epochs for _, epochs in stages)
         sizes = [size for size, _ in stages] + [self.image_size]
-        if any(epochs < 1 for _, epochs in stages) or used >= self.epochs or sizes != sorted(set(sizes)):
-            raise RetinoError(f"sizes {self.sizes!r} must grow towards image_size ({self.image_size}) and leave "
+        if any(epochs < 1 for _, epochs in stages) or used >= self.epochs or sizes != sorted(set(sizes)) \
+                or sizes[0] < MIN_IMAGE_SIZE:
+            raise RetinoError(f"sizes {self.sizes!r} must grow from at least {MIN_IMAGE_SIZE} px towards image_size "
+                              f"({self.image_size}) and leave "
                               f"epochs for it (of {self.epochs}): change them, or train at image_size throughout "
                               f"with --sizes ''")
         return stages + [(self.image_size, self.epochs - used)]

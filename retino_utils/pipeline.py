@@ -1,27 +1,97 @@
-"""Reading ``pipeline.yaml``: the runs, their groups and settings per profile (see the file's comments)."""
+"""Reading ``pipeline.yaml``: the runs, their groups and settings per profile (see the file's comments).
+
+The whole file is checked when it is read, before any step runs: an unknown key anywhere (``trian:``
+for ``train:``), a setting TrainConfig does not know, a value of the wrong type or out of its
+choices, a profile override naming no run. A typo stops the build with one line and touches
+nothing.
+"""
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from pathlib import Path
 
 import yaml
 
+from .config import TrainConfig
 from .errors import RetinoError
 from .paths import PACKAGE_DIR
 
 PIPELINE_FILE = PACKAGE_DIR / "pipeline.yaml"
 
+# The keys each part of the file may hold (values: required or not).
+TOP_KEYS = {"runs": True, "profiles": True, "notebooks": True, "index_figures": False}
+PROFILE_KEYS = {"description": False, "synthetic": False, "train": False, "runs": False, "differences": False}
+SYNTHETIC_KEYS = {"train": True, "test": True, "size": True, "seed": True, "lesion_scale": False}
+NOTEBOOK_KEYS = {"step": True, "notebook": True, "parameters": False, "per_run": False, "depends": False,
+                 "run_groups": False}
+RUN_KEYS_BESIDES_SETTINGS = ("groups",)
+SET_BY_THE_REPORT = ("data", "out", "resume")  # every run's folders come from the build
+
 
 def load_pipeline(path: str | Path = PIPELINE_FILE) -> dict:
-    return yaml.safe_load(Path(path).read_text())
+    path = Path(path)
+    try:
+        pipeline = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RetinoError(f"cannot read the pipeline {path}: {' '.join(str(exc).split())}") from None
+    validate_pipeline(pipeline, path.name)
+    return pipeline
+
+
+def validate_pipeline(pipeline, where: str = PIPELINE_FILE.name) -> None:
+    """Every key known, every run's settings valid under every profile; RetinoError naming the place if not."""
+    _keys(pipeline, TOP_KEYS, where)
+    runs = _mapping(pipeline["runs"], f"{where} runs")
+    settings_keys = {name: False for name in TrainConfig.__dataclass_fields__ if name not in SET_BY_THE_REPORT}
+    for name, spec in runs.items():
+        _keys(spec, {**settings_keys, **{key: False for key in RUN_KEYS_BESIDES_SETTINGS}},
+              f"{where} run {name}", "a training setting: python -m retino_utils.train --help lists them")
+    for profile, spec in _mapping(pipeline["profiles"], f"{where} profiles").items():
+        place = f"{where} profile {profile}"
+        _keys(spec, PROFILE_KEYS, place)
+        if spec.get("synthetic") is not None:
+            _keys(spec["synthetic"], SYNTHETIC_KEYS, f"{place} synthetic")
+        _keys(spec.get("train") or {}, settings_keys, f"{place} train", "a training setting")
+        for pattern, overrides in _mapping(spec.get("runs") or {}, f"{place} runs").items():
+            if not any(char in pattern for char in "*?[") and pattern not in runs:  # a pattern may match none
+                raise RetinoError(f"{place} runs: {pattern!r} names no run (runs are {', '.join(runs)})")
+            _keys(overrides, settings_keys, f"{place} runs {pattern}", "a training setting")
+        for run in runs:
+            try:
+                TrainConfig.from_settings(run_settings(pipeline, profile, run))
+            except RetinoError as error:
+                raise RetinoError(f"{place}, run {run}: {error}") from None
+    for number, entry in enumerate(pipeline["notebooks"] or [], 1):
+        _keys(entry, NOTEBOOK_KEYS, f"{where} notebooks entry {number}")
+
+
+def _mapping(value, place: str) -> dict:
+    if not isinstance(value, dict):
+        raise RetinoError(f"{place} must be a mapping of names to settings, got {value!r}")
+    return value
+
+
+def _keys(value, allowed: dict[str, bool], place: str, what: str = "") -> None:
+    """``value`` is a mapping whose keys are all in ``allowed`` and holds the required ones."""
+    _mapping(value, place)
+    unknown = sorted(set(value) - set(allowed), key=str)
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), list(allowed), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        known = f"not {what}" if what else f"known are {', '.join(allowed)}"
+        raise RetinoError(f"{place}: unknown key {unknown[0]!r} ({hint}{known}); fix the pipeline file, nothing was run")
+    missing = [key for key, required in allowed.items() if required and key not in value]
+    if missing:
+        raise RetinoError(f"{place}: missing key {missing[0]!r}; fix the pipeline file, nothing was run")
 
 
 def run_settings(pipeline: dict, profile: str, run: str) -> dict:
     """Training settings of ``run`` under ``profile``: profile train < run < profile overrides."""
     spec = pipeline["profiles"][profile]
     settings = dict(spec.get("train") or {})
-    settings.update({k: v for k, v in pipeline["runs"][run].items() if k != "groups"})
+    settings.update({k: v for k, v in pipeline["runs"][run].items() if k not in RUN_KEYS_BESIDES_SETTINGS})
     for pattern, overrides in (spec.get("runs") or {}).items():
         if fnmatch.fnmatchcase(run, pattern):
             settings.update(overrides)

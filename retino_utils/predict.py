@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,9 +29,9 @@ from . import GRADES
 from .atomic import atomic_path, write_json
 from .cam import grad_cam, overlay, upsample
 from .checkpoint import load_checkpoint, scored_weights
-from .config import load_config
-from .data import BatchLoader, SplitIndex, detect_layout, read_split
-from .data.images import ImageSource, decode_problem, load_rgb, load_resized, square_resize
+from .config import TrainConfig, load_config
+from .data import BatchLoader, SplitIndex, dataset_fingerprint, detect_layout, read_split
+from .data.images import ImageSource, decode_problem, fundus_doubt, load_rgb, load_resized, square_resize
 from .data.layouts import IMAGE_EXTENSIONS
 from .data.preprocess import copy_settings, is_graham_copy, prepared_photo
 from .device import resolve_device, use_bf16, use_channels_last
@@ -40,6 +42,7 @@ from .metrics import compute_metrics
 from .models import build_model
 from .progress import progress
 from .results import with_interval
+from .run_safety import recorded_fingerprint, setting_changes
 from .screening import operating_points
 from .uncertainty import N_RESAMPLES, intervals
 
@@ -86,6 +89,7 @@ class Predictor:
     channels_last: bool
     batch_size: int
     metrics: dict
+    config: TrainConfig  # the settings the checkpoint was trained with
     fuse_eyes: float = 0.0  # the run's weight of a patient's other eye, for photos named <patient>_left/right
     preprocess_size: int = PREPROCESS_SIZE  # --preprocess writes photos this big: the run's training copy's side
 
@@ -97,11 +101,12 @@ class Predictor:
             raise RetinoError(f"{run_dir} holds no finished run (no metrics.json): pass a run folder that "
                               f"training completed")
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        config = load_config(run_dir / "config.yaml")
+        state = load_checkpoint(run_dir / checkpoint)
+        config = trained_config(run_dir, state)
         target = resolve_device(device if device != "auto" else config.device)
         model = build_model(config.arch, None, num_classes=1 if config.is_regression else len(GRADES),
                             impl=config.impl)
-        model.load_state_dict(scored_weights(load_checkpoint(run_dir / checkpoint)))
+        model.load_state_dict(scored_weights(state))
         channels_last = use_channels_last(target)
         model = model.to(target, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
         target_point = metrics.get("screening", {}).get("operating_points", {}).get("target")
@@ -109,7 +114,7 @@ class Predictor:
         return cls(run_dir, model, config.image_size, tuple(metrics["normalization"]["mean"]),
                    tuple(metrics["normalization"]["std"]), metrics.get("thresholds"),
                    target_point["threshold"] if target_point else None, target, use_bf16(target, config.precision),
-                   channels_last, batch_size or 2 * config.batch_size, metrics, config.fuse_eyes,
+                   channels_last, batch_size or 2 * config.batch_size, metrics, config, config.fuse_eyes,
                    training_copy.size if training_copy else PREPROCESS_SIZE)
 
     def loader(self, photos) -> BatchLoader:
@@ -166,6 +171,19 @@ class _Decoded:
         out[:] = self.pixels[indices]
 
 
+def trained_config(run_dir: Path, state: dict) -> TrainConfig:
+    """The settings the checkpoint was trained with; an edited ``config.yaml`` that disagrees is refused."""
+    trained = TrainConfig.from_dict(state["config"])
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        changes = setting_changes(trained, load_config(saved))
+        if changes:
+            raise RetinoError(f"{saved} disagrees with the checkpoint it describes ({'; '.join(changes)}, "
+                              f"checkpoint -> config.yaml): the checkpoint's settings are what it learned with; "
+                              f"restore config.yaml, or train a run with the new settings")
+    return trained
+
+
 # -- inputs --------------------------------------------------------------------------------------------
 @dataclass
 class Inputs:
@@ -174,19 +192,22 @@ class Inputs:
     labels: np.ndarray | None  # the dataset's grades, when INPUT is a dataset
 
 
-def read_inputs(source: str | Path, split: str = "test") -> Inputs:
-    """A folder of photos, a text file of paths, or a dataset (its ``split``, with labels)."""
+def read_inputs(source: str | Path, split: str = "test", run: TrainConfig | None = None,
+                run_fingerprint: str | None = None) -> Inputs:
+    """A photo, a folder of photos, a text file of paths, or a dataset (its ``split``, with labels).
+
+    A dataset is split as the ``run`` split its own data (layout, test fraction, seed), so its test
+    split is the run's when it is the run's data; that data changed since (``run_fingerprint``) is refused.
+    """
     source = Path(source)
     if source.is_file():
-        base = source.parent
-        lines = [line.split(",")[0].strip() for line in source.read_text(encoding="utf-8-sig").splitlines()]
-        paths = [Path(line) if Path(line).is_absolute() else base / line for line in lines
-                 if line and line.lower() != "path"]
-        if not paths:
-            raise RetinoError(f"{source} lists no photos: give one path per line")
+        if source.suffix.lower() in IMAGE_EXTENSIONS:
+            return Inputs([source.stem], [source], None)
+        paths = read_path_list(source)
         return Inputs([p.stem for p in paths], paths, None)
     if not source.is_dir():
-        raise RetinoError(f"{source} does not exist: pass a folder of photos, a text file of paths, or a dataset")
+        raise RetinoError(f"{source} does not exist: pass a photo, a folder of photos, a text file of paths, "
+                          f"or a dataset")
     try:
         detect_layout(source)
     except RetinoError:
@@ -194,14 +215,46 @@ def read_inputs(source: str | Path, split: str = "test") -> Inputs:
         if not photos:
             raise RetinoError(f"{source} holds no photos ({', '.join(IMAGE_EXTENSIONS)}) and no dataset layout") from None
         return Inputs([p.stem for p in photos], photos, None)
-    index: SplitIndex = read_split(source, split)
+    split_settings = {}
+    if run is not None:
+        split_settings = dict(layout=run.layout, test_fraction=run.test_fraction, split_seed=run.split_seed)
+        if run_fingerprint and os.path.realpath(source) == os.path.realpath(run.data):
+            now = dataset_fingerprint(source, **split_settings)
+            if now != run_fingerprint:
+                raise RetinoError(f"{source} is the run's own data but has changed since it trained (fingerprint "
+                                  f"{run_fingerprint} -> {now}: labels or photos edited), so its {split} split "
+                                  f"is no longer the run's: grade a folder of photos instead, or train again")
+    index: SplitIndex = read_split(source, split, **split_settings)
     return Inputs(list(index.names), list(index.paths), index.labels)
 
 
-def normalisation_mismatch(run_dir: Path, photos: Sequence[Path], graham: bool) -> str | None:
+def read_path_list(source: Path) -> list[Path]:
+    """One path a line (UTF-8 or UTF-16 with its byte-order mark); relative paths are from the list's folder."""
+    raw = source.read_bytes()
+    try:
+        text = raw.decode("utf-16") if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise RetinoError(f"{source} is neither a photo ({', '.join(IMAGE_EXTENSIONS)}) nor a text list of paths "
+                          f"in UTF-8 or UTF-16: give one path per line") from None
+    paths = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.lower() == "path":
+            continue
+        path = Path(line) if Path(line).is_absolute() else source.parent / line
+        first = line.split(",")[0].strip()  # a CSV whose first column is the path
+        if not path.exists() and "," in line and (source.parent / first).exists():
+            path = source.parent / first
+        paths.append(path)
+    if not paths:
+        raise RetinoError(f"{source} lists no photos: give one path per line")
+    return paths
+
+
+def normalisation_mismatch(run_dir: Path, config: TrainConfig, photos: Sequence[Path], graham: bool) -> str | None:
     """A note when the photos to grade and the run's training photos differ in Ben Graham's normalisation
     (a copy made by ``preprocess --graham`` holds its photos in its root or in ``images/``)."""
-    trained_on = Path(load_config(run_dir / "config.yaml").data)
+    trained_on = Path(config.data)
     trained = is_graham_copy(trained_on)
     given = graham or any(is_graham_copy(folder) for photo in photos[:1] for folder in Path(photo).parents[:2])
     if trained and not given:
@@ -248,46 +301,101 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_outputs(out: Path, cam: Path | None) -> None:
+    """Refuse, before any grading, outputs that cannot be written."""
+    if out.is_dir():
+        raise RetinoError(f"--out {out} is a folder: give the CSV file to write, e.g. {out / 'grades.csv'}")
+    if not out.parent.is_dir():
+        raise RetinoError(f"--out {out}: its folder {out.parent} does not exist: create it or choose another --out")
+    if not os.access(out.parent, os.W_OK):
+        raise RetinoError(f"--out {out}: its folder {out.parent} is not writable: choose another --out")
+    if cam is not None:
+        if cam.exists() and not cam.is_dir():
+            raise RetinoError(f"--cam {cam} is a file: give a folder for the overlays")
+        existing = next((folder for folder in (cam, *cam.parents) if folder.exists()), None)
+        if existing is not None and not os.access(existing, os.W_OK):
+            raise RetinoError(f"--cam {cam}: {existing} is not writable: choose another folder")
+
+
+def unreadable_message(paths: list[Path], problems: dict[int, str]) -> str:
+    listed = "; ".join(f"{paths[i]}: {reason}" for i, reason in list(problems.items())[:3])
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return f"none of the {len(paths)} photos could be read: {listed}{more}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is shown escaped, not a traceback
+        stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     if args.graham and not args.preprocess:
         raise RetinoError("--graham applies to --preprocess: add --preprocess (or drop --graham)")
+    check_outputs(args.out, args.cam)
     predictor = Predictor.from_run(args.run_dir, args.device, args.batch_size)
-    inputs = read_inputs(args.input, args.split)
-    if note := normalisation_mismatch(args.run_dir, inputs.paths, args.graham):
+    fingerprint = predictor.metrics.get("data_fingerprint") or recorded_fingerprint(args.run_dir)
+    inputs = read_inputs(args.input, args.split, predictor.config, fingerprint)
+    if note := normalisation_mismatch(args.run_dir, predictor.config, inputs.paths, args.graham):
         print(note, file=sys.stderr)
     problems = {i: reason for i, path in enumerate(progress(inputs.paths, desc="checking", unit="img"))
                 if (reason := decode_problem(path))}
+    if len(problems) == len(inputs.paths):
+        raise RetinoError(unreadable_message(inputs.paths, problems))
     good = [i for i in range(len(inputs.paths)) if i not in problems]
+    doubts = {i: doubt for i in good if (doubt := fundus_doubt(inputs.paths[i]))}
     table = predictor([inputs.paths[i] for i in good], tta=args.tta, preprocess=args.preprocess,
                       graham=args.graham, show_progress=True)
     table.insert(0, "path", [str(inputs.paths[i]) for i in good])
     table.insert(0, "name", [inputs.names[i] for i in good])
     if inputs.labels is not None:
         table.insert(2, "true_grade", inputs.labels[good])
+    table["not_fundus"] = [doubts.get(i, "") for i in good]
     with atomic_path(args.out) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6f")
+        table.to_csv(tmp, index=False, float_format="%.6f", errors="surrogateescape")
     print(f"graded {len(table)} photos with {args.run_dir} -> {args.out}")
-    if inputs.labels is not None and len(table):
+    scored = args.out.with_suffix(".metrics.json")
+    if inputs.labels is not None:
         metrics = score_against_labels(table, predictor)
-        write_json(args.out.with_suffix(".metrics.json"), metrics)
+        write_json(scored, metrics)
         spans = metrics["intervals"]
         print(f"against the labels: accuracy {with_interval(metrics['accuracy'], spans['accuracy'], '.1%')}, "
               f"QWK {with_interval(metrics['qwk'], spans['qwk'])}, referable AUC "
               f"{with_interval(metrics['referable_auc'], spans['referable_auc'])} "
-              f"(all figures in {args.out.with_suffix('.metrics.json')})")
+              f"(all figures in {scored})")
+    elif scored.exists():
+        scored.unlink()  # an earlier grading's figures must not pass for these grades
+        print(f"removed {scored}: it scored an earlier grading against labels, and these photos have none")
     if args.cam:
-        write_overlays(predictor, [inputs.paths[i] for i in good], [inputs.names[i] for i in good], args.cam,
-                       args.cam_target, args.preprocess, args.graham)
+        write_overlays(predictor, [inputs.paths[i] for i in good], args.cam, args.cam_target, args.preprocess,
+                       args.graham)
         print(f"wrote {len(good)} Grad-CAM overlays ({args.cam_target}) to {args.cam}")
+    for i, doubt in doubts.items():
+        print(f"warning: {inputs.paths[i]} cannot be a fundus photo ({doubt}): graded, but its grade means "
+              f"nothing (column not_fundus)", file=sys.stderr)
     for i, reason in problems.items():
         print(f"could not grade {inputs.paths[i]}: {reason}", file=sys.stderr)
     return 1 if problems else 0
 
 
-def write_overlays(predictor: Predictor, paths: list[Path], names: list[str], folder: Path, target: str,
-                   preprocess: bool, graham: bool) -> None:
+def overlay_names(paths: list[Path]) -> list[str]:
+    """A file name per photo: its own, or with its folders in front where two photos share one."""
+    stems = [path.stem for path in paths]
+    taken = Counter(stems)
+    names = []
+    for path, stem in zip(paths, stems):
+        if taken[stem] > 1:
+            stem = "__".join([*path.parent.parts[-2:], stem]).replace(os.sep, "_").lstrip("_")
+        names.append(stem)
+    seen: Counter = Counter()
+    unique = []
+    for name in names:  # still equal (same folders too): numbered
+        seen[name] += 1
+        unique.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return unique
+
+
+def write_overlays(predictor: Predictor, paths: list[Path], folder: Path, target: str, preprocess: bool,
+                   graham: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    names = overlay_names(paths)
     for start in progress(range(0, len(paths), predictor.batch_size), desc="Grad-CAM", unit="batch"):
         chunk = slice(start, start + predictor.batch_size)
         seen, heat = predictor.cams(paths[chunk], target, preprocess, graham)

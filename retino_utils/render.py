@@ -20,6 +20,9 @@ from .errors import RetinoError
 from .results import TABLE_FIGURES, kept_epoch_label, with_interval
 from .imagenet import imagenet_weights_file
 
+WHOLE_TABLES = (" table { display: table !important; overflow: visible !important; width: auto !important; "
+                "max-width: 100% !important; font-size: 6.5pt !important; } th, td { padding: 1px 3px !important; "
+                "white-space: normal !important; word-break: break-word; }")
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2rem auto;
        max-width: 1320px; color: #222; line-height: 1.45; padding: 0 1rem; }
@@ -35,8 +38,12 @@ figcaption { color: #555; font-size: 0.9rem; }
 nav ul { columns: 2; }
 @page { size: A4 landscape; margin: 10mm; }
 @media print { body { max-width: none; margin: 0; } table { font-size: 0.72rem; } th, td { padding: 0.2rem 0.4rem; } }
-"""
-PRINT_STYLE = "<style>@page { size: A4 landscape; margin: 10mm; }</style>"  # added to each notebook page
+""" + "@media print {" + WHOLE_TABLES + "}"
+# Added to each notebook page. On paper a wide table is printed whole, in smaller type: the screen's
+# horizontal scrolling would cut it off and print a scrollbar under it.
+PRINT_STYLE = ("<style>@page { size: A4 landscape; margin: 10mm; } @media print {" + WHOLE_TABLES
+               + " .jp-OutputArea-output, .jp-RenderedHTMLCommon, .dataframe { overflow: visible !important; } }"
+               "</style>")
 
 
 def notebook_page(executed: Path, target: Path) -> None:

@@ -16,7 +16,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import shutil
 import sys
 import threading
 import time
@@ -26,12 +25,15 @@ from typing import Sequence
 
 from . import GRADES
 from .atomic import write_json
-from .config import TrainConfig, load_config
+from .config import TrainConfig
 from .errors import RetinoError, WeightsUnavailableError, run_cli
 from .events import read_events
 from .paths import BUILD_DIR, FIGURES_DIR, NOTEBOOKS_DIR, PACKAGE_DIR
 from .pipeline import PIPELINE_FILE, load_pipeline, run_settings, runs_in_group
+from .render import export_pdf, find_chromium, render_report
 from .results import load_run
+from .run_safety import RunLock, holds_run, in_use_message, run_changes, supersede
+from .run_safety import data_fingerprint as run_data_fingerprint
 from .synthetic import profile_dataset
 
 KERNEL = "python3"
@@ -136,26 +138,43 @@ def step_hash(step: Step, code: str, data_fingerprint: str, upstream: dict[str, 
 
 
 def data_fingerprint(data_dir: Path) -> str:
-    from . import data
+    """The data as the notebooks see it (default split settings): a change re-executes every step."""
+    from .data import dataset_fingerprint
 
-    parts = [data.read_split(data_dir, split).fingerprint() for split in ("train", "test")]
-    return hashlib.sha256("".join(parts).encode()).hexdigest()[:20]
+    return dataset_fingerprint(data_dir)
 
 
-def discard_stale_run(step: Step, data_dir: Path) -> None:
-    """A run folder trained with other settings is removed, so the notebook trains afresh."""
+def run_config(step: Step, data_dir: Path) -> TrainConfig:
+    return TrainConfig.from_settings(step.settings, data=str(data_dir), out=step.parameters["run_dir"])
+
+
+def set_aside_changed_run(step: Step, data_dir: Path, force: bool) -> None:
+    """A run folder whose settings or data changed (or any, with ``force``) is moved aside, never deleted,
+    so the notebook trains afresh and the old run can be had back."""
     run_dir = Path(step.parameters["run_dir"])
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
+    if not holds_run(run_dir):
         return
-    try:
-        wanted = TrainConfig.from_settings(step.settings, data=str(data_dir), out=str(run_dir))
-        same = load_config(saved).semantic_dict() == wanted.semantic_dict()
-    except RetinoError:
-        same = False
-    if not same:
-        print(f"      settings of {step.run} changed: discarding {run_dir}", flush=True)
-        shutil.rmtree(run_dir)
+    if force:
+        supersede(run_dir, "--force retrains it")
+        return
+    wanted = run_config(step, data_dir)
+    changes = run_changes(run_dir, wanted, run_data_fingerprint(wanted))
+    if changes:
+        supersede(run_dir, f"changed since it was trained ({'; '.join(changes)})")
+
+
+def check_runs_free(steps: Sequence[Step]) -> None:
+    """Refuse before anything runs when a process is training in one of the runs to build."""
+    for step in steps:
+        if step.run is not None and (owner := RunLock(step.parameters["run_dir"]).holder()) is not None:
+            raise RetinoError(in_use_message(Path(step.parameters["run_dir"]), owner))
+
+
+def earlier_outcome(record: dict) -> Outcome:
+    """A step left out by --only keeps its last status; a failure then is said, but fails only its own build."""
+    if record.get("status") == "failed":
+        return Outcome("not run", f"left out of this build; its last build failed ({record.get('message', '')})")
+    return Outcome(record.get("status", "not run"), record.get("message", ""))
 
 
 # -- executing ---------------------------------------------------------------------------------------
@@ -282,6 +301,10 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
     selected = [s for s in steps if only is None or fnmatch.fnmatchcase(s.name, only) or s.name.split("/")[0] == only]
     if not selected:
         raise RetinoError(f"--only {only!r} matches no step: steps are {', '.join(s.name for s in steps)}")
+    check_runs_free(selected)
+    if pdf and find_chromium() is None:
+        raise RetinoError("report --pdf prints with Chromium, which is not installed: apt-get install chromium "
+                          "(Debian/Ubuntu), then run the same command (finished steps are skipped), or drop --pdf")
     prepare_data(ctx, pipeline)
     fingerprint = data_fingerprint(ctx.data_dir)
     code = package_digest()
@@ -296,7 +319,7 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
         hashes[step.name] = step_hash(step, code, fingerprint, hashes)
         if step not in selected:
-            outcomes[step.name] = Outcome(record.get("status", "not run"), record.get("message", ""))
+            outcomes[step.name] = earlier_outcome(record)
             continue
         prefix = f"[{number}/{len(steps)}] {step.name}"
         if not force and record.get("hash") == hashes[step.name] and record.get("status") == "done":
@@ -305,10 +328,7 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
             continue
         print(f"{prefix} ...", flush=True)
         if step.run is not None:
-            if force:
-                shutil.rmtree(step.parameters["run_dir"], ignore_errors=True)
-            else:
-                discard_stale_run(step, ctx.data_dir)
+            set_aside_changed_run(step, ctx.data_dir, force)
         outcome = execute(step, ctx.out / "notebooks" / f"{step.name.replace('/', '_')}.ipynb")
         outcomes[step.name] = outcome
         write_json(record_path, {"hash": hashes[step.name], "status": outcome.status, "message": outcome.message,
@@ -318,8 +338,6 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
 
     results = collect_results(ctx, pipeline, steps, outcomes)
     write_json(ctx.out / "results.json", results)
-    from .render import export_pdf, render_report
-
     index = render_report(ctx, steps, results, pipeline.get("index_figures") or [],
                           pipeline["profiles"][ctx.profile].get("differences") or [])
     if pdf:
@@ -378,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", help="dataset folder (required for --profile cpu and full)")
     parser.add_argument("--out", help="build folder (default build/PROFILE)")
     parser.add_argument("--only", help="run only the matching step(s), e.g. data, train, 'train/resnet50_*', imbalance")
-    parser.add_argument("--force", action="store_true", help="re-execute steps (and retrain runs) even if unchanged")
+    parser.add_argument("--force", action="store_true",
+                        help="re-execute steps and retrain runs even if unchanged (old runs are moved to "
+                             "OUT/runs/.superseded, not deleted)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps for the training runs")
     parser.add_argument("--pipeline", default=str(PIPELINE_FILE), help="pipeline file (default: the package's)")
     parser.add_argument("--strict", action="store_true",

@@ -13,9 +13,10 @@ import pandas as pd
 
 from .atomic import remove_stale_temp_files, write_json, write_text
 from .checkpoint import CheckpointDamaged, load_checkpoint, save_checkpoint
-from .config import TrainConfig, save_config
+from .config import TrainConfig, load_config, save_config
 from .errors import DiskFullError, RetinoError
 from .events import append_event
+from .run_safety import setting_changes, write_fingerprint
 
 SCORED_SPLITS = ("val", "test")  # every epoch scores both: validation picks, test is only drawn
 HISTORY_COLUMNS = ["epoch", "phase", "image_size", "lr", "train_loss", "train_acc",
@@ -30,22 +31,38 @@ class RunFolder:
         self.last, self.best = self.out / "last.pt", self.out / "best.pt"
 
     # -- reading back ---------------------------------------------------------------------------
-    def resume_state(self, config: TrainConfig) -> dict | None:
-        """The state to continue from, or None for a fresh run; refuses what would mix two runs."""
+    def resume_state(self, config: TrainConfig, fingerprint: str) -> dict | None:
+        """The state to continue from, or None for a fresh run; refuses what would mix two runs: other
+        settings, or the same settings on data whose labels or photos changed (``fingerprint``)."""
         if not self.last.exists():
             return None
         if not config.resume:
             raise RetinoError(f"{self.out} already holds a training run: pass --resume to continue or reuse it, "
                               f"or choose another --out")
         state = self._read_last()
-        saved = TrainConfig.from_dict(state["config"]).semantic_dict()
-        wanted = config.semantic_dict()
-        changed = [f"{k}: {saved[k]!r} -> {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]]
+        trained = TrainConfig.from_dict(state["config"])
+        changed = setting_changes(trained, config)
         if changed:
             raise RetinoError(f"{self.out} holds a run with another config ({'; '.join(changed)}): choose another "
-                              f"--out for these settings, or continue that run with its own: "
-                              f"python -m retino_utils.train --config {self.out / 'config.yaml'} --resume")
+                              f"--out for these settings, or {self._continue_advice(trained)}")
+        recorded = state.get("data_fingerprint")
+        if recorded is not None and recorded != fingerprint:
+            raise RetinoError(f"{self.out} holds a run trained on other data: {config.data} has changed since "
+                              f"(fingerprint {recorded} -> {fingerprint}: labels or photos edited); its results "
+                              f"do not describe these photos: choose another --out, or move {self.out} aside")
         return state
+
+    def _continue_advice(self, trained: TrainConfig) -> str:
+        """How to continue the run with its own settings: its config.yaml, unless that was edited since."""
+        command = f"python -m retino_utils.train --config {self.out / 'config.yaml'} --resume"
+        try:
+            edited = setting_changes(trained, load_config(self.out / "config.yaml"))
+        except RetinoError:
+            edited = ["unreadable"]
+        if edited:
+            return (f"continue that run with its own settings: put the values before the arrows back into "
+                    f"{self.out / 'config.yaml'} (edited since it trained), then {command}")
+        return f"continue that run with its own settings: {command}"
 
     def _read_last(self) -> dict:
         """``last.pt``; when it is damaged, say what can be kept (an intact ``best.pt`` is a full checkpoint)."""
@@ -78,9 +95,10 @@ class RunFolder:
         if state is not None:
             self.write_history(state["history"])
 
-    def write_config(self, config: TrainConfig) -> None:
+    def write_config(self, config: TrainConfig, fingerprint: str) -> None:
         if self.writes:
             save_config(config, self.out / "config.yaml")
+            write_fingerprint(self.out, config, fingerprint)
 
     def save_epoch(self, state: dict, improved: bool) -> None:
         """``best.pt`` (when improved), ``last.pt``, then the history; a full disk keeps the last epoch."""

@@ -38,6 +38,7 @@ def fit(config: TrainConfig | dict, *, on_epoch_end: Callable[[dict], None] | No
     """
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
+    check_folders(config)  # before any event is recorded: a wrong --out gets no folder made
     try:
         check_config(config)
         from .trainer import run_training
@@ -49,12 +50,21 @@ def fit(config: TrainConfig | dict, *, on_epoch_end: Callable[[dict], None] | No
         raise
 
 
-def check_config(config: TrainConfig) -> None:
-    """What can be refused before any heavy import: missing folders, unavailable ImageNet weights."""
+def check_folders(config: TrainConfig) -> None:
+    """A data folder that is one, and a run folder that can be one."""
     if not config.data:
         raise RetinoError("no data folder given: pass --data DIR (a dataset in the lab, kaggle or aptos layout)")
+    if not Path(config.data).is_dir():
+        what = "is a file, not a folder" if Path(config.data).exists() else "does not exist"
+        raise RetinoError(f"--data {config.data} {what}: pass a dataset folder (lab, kaggle or aptos layout)")
     if not config.out:
         raise RetinoError("no run folder given: pass --out RUN_DIR")
+    if Path(config.out).is_file():
+        raise RetinoError(f"--out {config.out} is a file: pass a folder for the run")
+
+
+def check_config(config: TrainConfig) -> None:
+    """What can be refused before any heavy import: unavailable ImageNet weights."""
     finished = (Path(config.out) / "metrics.json").is_file() and config.resume
     if config.weights == "imagenet" and not finished:
         require_imagenet_weights(config.arch)

@@ -9,6 +9,7 @@ file the run writes), ``engine`` (one epoch, one evaluation pass).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -36,6 +37,7 @@ from .metrics import compute_metrics
 from .models import build_model, freeze_backbone, head_parameters, set_train_mode, unfreeze_all
 from .optim import build_optimizer, build_scheduler
 from .run_folder import RunFolder, history_frame
+from .run_safety import RunLock, data_fingerprint
 from .uncertainty import intervals
 
 # The history column each best_metric compares, on the split select_on names ("last" keeps the final epoch).
@@ -122,15 +124,21 @@ def run_training(config: TrainConfig, on_epoch_end: Callable[[dict], None] | Non
 
 
 def _train(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.DataFrame:
+    with RunLock(config.out) if folder.writes else contextlib.nullcontext():
+        return _train_locked(config, device, ctx, folder, on_epoch_end)
+
+
+def _train_locked(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.DataFrame:
     log = print if ctx.is_main else (lambda *args, **kwargs: None)
-    state = folder.resume_state(config)
+    fingerprint = data_fingerprint(config)
+    state = folder.resume_state(config, fingerprint)
     folder.start(state)
     if folder.is_finished(state, config.epochs):
         log(f"{config.out}: run already complete ({state['epoch']} epochs), reusing it", flush=True)
         return history_frame(state["history"])
 
     parts = build_components(config, device, ctx)
-    folder.write_config(config)
+    folder.write_config(config, fingerprint)
     setup = _describe(parts)
     log(setup, flush=True)
     folder.event("start", epochs=config.epochs, description=setup)
@@ -168,6 +176,7 @@ def _train(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.DataFrame
             "scheduler": scheduler.state_dict() if scheduler is not None else None, "epoch": epoch,
             "config": config.to_dict(), "history": history, "rng": rng_state(), "best": best,
             "thresholds": thresholds, "ema": parts.ema.state_dict() if parts.ema is not None else None,
+            "data_fingerprint": fingerprint,
         }, improved)
         ctx.barrier()
         folder.event("epoch", **row)
@@ -176,6 +185,7 @@ def _train(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.DataFrame
 
     parts.use_size(config.image_size)
     predictions, metrics = _score_kept_checkpoint(parts, folder.best_state(), best)
+    metrics["data_fingerprint"] = fingerprint
     folder.finish(predictions, metrics)
     summary = (f"kept epoch {best['epoch']} ({column} {best['value']:.4f}); test, scored once: "
                f"acc {metrics['accuracy']:.2%} qwk {metrics['qwk']:.3f} macro-F1 {metrics['macro_f1']:.3f}; "

@@ -14,7 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from retino_utils.config import TrainConfig
+from retino_utils.checkpoint import load_checkpoint, save_checkpoint
+from retino_utils.config import TrainConfig, load_config
 from retino_utils.data import read_split
 from retino_utils.data.images import load_rgb, square_resize
 from retino_utils.data.preprocess import preprocess
@@ -32,11 +33,18 @@ def trained(tmp_path_factory, tiny_dataset):
 
 
 def run_trained_on(trained, data, folder):
-    """A copy of the run ``trained`` whose config says it trained on ``data`` (what predict reads of it)."""
+    """A copy of the run ``trained`` whose config and checkpoint say it trained on ``data``."""
     shutil.copytree(trained, folder)
     config = yaml.safe_load((folder / "config.yaml").read_text())
     (folder / "config.yaml").write_text(yaml.safe_dump({**config, "data": str(data)}))
+    state = load_checkpoint(folder / "best.pt")
+    state["config"]["data"] = str(data)
+    save_checkpoint(state, folder / "best.pt")
     return folder
+
+
+def mismatch(run, photos, graham):
+    return normalisation_mismatch(run, load_config(run / "config.yaml"), photos, graham=graham)
 
 
 def predict_cli(*args):
@@ -131,9 +139,9 @@ def test_a_mismatch_in_grahams_normalisation_is_noted(trained, tiny_dataset, tmp
     normalised = tmp_path / "graham"
     preprocess(tiny_dataset, normalised, 32, use_graham=True, progress=False)
     camera, copies = read_split(tiny_dataset, "test").paths, read_split(normalised, "test").paths
-    assert normalisation_mismatch(trained, camera, graham=False) is None
-    assert "without Graham" in normalisation_mismatch(trained, camera, graham=True)
-    assert "without Graham" in normalisation_mismatch(trained, copies, graham=False)
+    assert mismatch(trained, camera, graham=False) is None
+    assert "without Graham" in mismatch(trained, camera, graham=True)
+    assert "without Graham" in mismatch(trained, copies, graham=False)
     listed = tmp_path / "photos.txt"
     listed.write_text("\n".join(map(str, copies)))
     result = predict_cli(trained, listed, "--out", tmp_path / "grades.csv")
@@ -141,9 +149,9 @@ def test_a_mismatch_in_grahams_normalisation_is_noted(trained, tiny_dataset, tmp
     assert len(pd.read_csv(tmp_path / "grades.csv")) == len(copies)
     # A run trained on the normalised copy: camera photos need --preprocess --graham, the copy needs nothing.
     graham_run = run_trained_on(trained, normalised, tmp_path / "graham_run")
-    assert "--preprocess --graham" in normalisation_mismatch(graham_run, camera, graham=False)
-    assert normalisation_mismatch(graham_run, camera, graham=True) is None
-    assert normalisation_mismatch(graham_run, copies, graham=False) is None
+    assert "--preprocess --graham" in mismatch(graham_run, camera, graham=False)
+    assert mismatch(graham_run, camera, graham=True) is None
+    assert mismatch(graham_run, copies, graham=False) is None
 
 
 def test_preprocess_prepares_photos_at_the_side_of_the_runs_training_copy(trained, tmp_path):

@@ -10,7 +10,16 @@ from .cache import ImageCache
 from .cachedir import dataset_cache_dir
 from .dataset import FundusDataset, open_dataset
 from .images import load_resized, load_rgb
-from .layouts import LAYOUTS, SPLITS, SplitIndex, detect_layout, holdout_split, read_lab_pair, read_split
+from .layouts import (
+    LAYOUTS,
+    SPLITS,
+    SplitIndex,
+    dataset_fingerprint,
+    detect_layout,
+    holdout_split,
+    read_lab_pair,
+    read_split,
+)
 from .preprocess import preprocess
 from .stats import ChannelStats, channel_stats
 from .summary import grade_table, image_size_table, samples_per_grade, stats_table, synthetic_record
@@ -51,6 +60,7 @@ __all__ = [
     "augment_batch",
     "channel_stats",
     "dataset_cache_dir",
+    "dataset_fingerprint",
     "detect_layout",
     "grade_table",
     "holdout_split",

@@ -10,7 +10,7 @@ from ..errors import run_cli
 from .cache import ImageCache
 from .dataset import open_dataset
 from .layouts import SPLITS, read_split
-from .preprocess import preprocess
+from .preprocess import check_size, preprocess
 from .stats import channel_stats
 from .validate import validate
 
@@ -72,6 +72,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
+    check_size(args.size, "--size")
     summary = preprocess(args.src, args.dst, args.size, args.graham, workers=args.workers, layout=args.layout)
     print(f"wrote {summary.written} images to {args.dst} ({summary.skipped} already there)")
     if summary.failed:

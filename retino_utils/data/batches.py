@@ -127,7 +127,10 @@ class BatchLoader:
 
     def __len__(self) -> int:
         n = self._rank_length()
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        # A last training batch of one photo is left out: BatchNorm cannot train on a single sample
+        # (the photo is drawn again in other epochs' orders).
+        lone_last = self.training and n > 1 and n % self.batch_size == 1
+        return n // self.batch_size if self.drop_last or lone_last else math.ceil(n / self.batch_size)
 
     def _rank_length(self) -> int:
         n = len(self.source)

@@ -16,6 +16,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 ImageSource = str | os.PathLike | Image.Image
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+MIN_FUNDUS_SIDE = 16  # pixels: below this no photo shows a retina (the tests' tiny photos are 16 px)
+BLANK_LEVELS = 8  # a photo whose every pixel is within this of black (or white) shows nothing
 
 
 def load_rgb(source: ImageSource, draft_size: int | None = None) -> Image.Image:
@@ -105,4 +107,27 @@ def decode_problem(path: str | os.PathLike) -> str | None:
             to_rgb(image)
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for bad data
             return f"truncated or corrupt {image.format or 'image'} ({exc})"
+    return None
+
+
+def fundus_doubt(path: str | os.PathLike) -> str | None:
+    """Why a photo that decodes cannot be a fundus photo (too small, blank, fully transparent), or None.
+
+    Such a photo is still graded (a model answers anything), but the grade means nothing: callers
+    flag it. Reads the photo at 1/8 scale, as ``decode_problem`` does.
+    """
+    with Image.open(path) as image:
+        width, height = image.size
+        if min(width, height) < MIN_FUNDUS_SIDE:
+            return f"{width}x{height} px is too small to be a fundus photo"
+        if image.mode in _ALPHA_MODES and image.convert("RGBA").getchannel("A").getextrema()[1] == 0:
+            return "fully transparent"
+        image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+        pixels = np.asarray(to_rgb(image), dtype=np.float64)
+    if pixels.max() <= BLANK_LEVELS:
+        return "all black"
+    if pixels.min() >= 255 - BLANK_LEVELS:
+        return "all white"
+    if pixels.std() < 1:
+        return "a single colour"
     return None

@@ -177,7 +177,8 @@ def read_split(root: str | os.PathLike, split: str = "train", layout: str = "aut
                split_seed: int = 0) -> SplitIndex:
     """The file list of one split; a bad label table raises RetinoError naming file and line."""
     scanned = scan_split(root, split, layout, test_fraction, split_seed)
-    refuse(scanned.problems, f"fix the label files (python -m retino_utils.data validate {root} lists every problem)")
+    refuse(scanned.problems,
+           f"fix the label files or photos (python -m retino_utils.data validate {root} lists every problem)")
     return scanned.index
 
 
@@ -211,16 +212,33 @@ def scan_split(
         in_test = stratified_group_split(groups, rows.labels, test_fraction, split_seed)
         keep = in_test if split == "test" else ~in_test
     kept = np.flatnonzero(keep)
+    spellings = [rows.spellings[i] for i in kept]
+    matches = image_matches(root, spellings, spec)
     index = SplitIndex(
         root,
         layout,
         split,
         tuple(rows.names[i] for i in kept),
-        resolve_image_paths(root, [rows.spellings[i] for i in kept], spec),
+        resolve_image_paths(root, spellings, spec, matches),
         np.asarray(rows.labels, dtype=np.int64)[kept],
         tuple(rows.sources[i] for i in kept),
     )
-    return ScannedSplit(index, rows.problems + repeated_photos(index))
+    return ScannedSplit(index, rows.problems + ambiguous_photos(index, matches) + repeated_photos(index))
+
+
+def ambiguous_photos(index: SplitIndex, matches: Sequence[Sequence[Path]]) -> list[tuple[str, str]]:
+    """A name that matches several photos (``x.jpeg`` and ``x.JPG``, or in ``train/`` and ``images/``): which
+    one is read would be an accident of folder order, so the label table cannot be trusted to mean it."""
+    return [
+        (source, f"name {name!r} matches {len(found)} photos ({', '.join(_relative(index.root, p) for p in found)}):"
+                 f" remove or rename all but one, so the name means a single photo")
+        for name, source, found in zip(index.names, index.sources, matches)
+        if len(found) > 1
+    ]
+
+
+def _relative(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
 def repeated_photos(index: SplitIndex) -> list[tuple[str, str]]:
@@ -348,28 +366,85 @@ def read_label_table(path: str | os.PathLike, name_column: str, grade_column: st
     return rows
 
 
-def resolve_image_paths(root: Path, names: Sequence[str], spec: LayoutSpec) -> tuple[Path, ...]:
+def resolve_image_paths(root: Path, names: Sequence[str], spec: LayoutSpec,
+                        matches: Sequence[Sequence[Path]] | None = None) -> tuple[Path, ...]:
     """Find each name's file the way it is spelled on disk (listing each folder once, not stat per name).
 
     The name exactly as written comes first, then without surrounding spaces; a name without an
     extension tries .jpeg, .jpg and .png (the layout's own first), and the extension's case does not
     matter (``.JPG``, ``.Jpeg``). A name found nowhere gets the path it would have in the first
-    existing folder.
+    existing folder; one matching several files gets the first (``ambiguous_photos`` reports it).
+    ``matches`` is ``image_matches`` of the same names, when already known.
     """
-    folders = [root / sub if sub else root for sub in spec.image_dirs]
-    listings = {folder: _listing(folder) for folder in folders}
+    folders = _image_folders(root, spec)
     home = next((folder for folder in folders if folder.is_dir()), folders[0])
-    extensions = [spec.extension] + [ext for ext in IMAGE_EXTENSIONS if ext != spec.extension]
-    paths = []
-    for name in names:
-        spellings = list(dict.fromkeys([name, name.strip()]))
-        keys = [_file_key(s) if Path(s).suffix.lower() in IMAGE_EXTENSIONS else None for s in spellings]
-        wanted = [key for key in keys if key] or [(s, ext) for s in spellings for ext in extensions]
-        found = next((folder / listings[folder][key] for folder in folders for key in wanted
-                      if key in listings[folder]), None)
-        plain = spellings[-1]
-        paths.append(found or home / (plain if keys[-1] else plain + extensions[0]))
-    return tuple(paths)
+    matches = image_matches(root, names, spec) if matches is None else matches
+    extension = _extensions(spec)[0]
+    return tuple(found[0] if found else home / _missing_file_name(name, extension)
+                 for name, found in zip(names, matches))
+
+
+def image_matches(root: Path, names: Sequence[str], spec: LayoutSpec) -> list[list[Path]]:
+    """Every file each name can mean, by its closest spelling that matches any: none is a missing photo,
+    more than one is ambiguous (``x.jpeg`` and ``x.JPG``, or one in each of the layout's folders)."""
+    listings = {folder: _listing(folder) for folder in _image_folders(root, spec)}
+    extensions = _extensions(spec)
+    return [_matches(name, listings, extensions) for name in names]
+
+
+def _image_folders(root: Path, spec: LayoutSpec) -> list[Path]:
+    return [root / sub if sub else root for sub in spec.image_dirs]
+
+
+def _extensions(spec: LayoutSpec) -> list[str]:
+    """Extensions tried for a name without one, the layout's own first."""
+    return [spec.extension] + [ext for ext in IMAGE_EXTENSIONS if ext != spec.extension]
+
+
+def _matches(name: str, listings: dict[Path, dict[tuple[str, str], list[str]]],
+             extensions: Sequence[str]) -> list[Path]:
+    """The files of the first spelling of ``name`` found in any folder (all folders, all extension cases)."""
+    for keys in _wanted_keys(name, extensions):
+        found = [folder / file_name for folder, listing in listings.items() for key in keys
+                 for file_name in listing.get(key, ())]
+        if found:
+            return _distinct_files(found)
+    return []
+
+
+def _wanted_keys(name: str, extensions: Sequence[str]) -> list[list[tuple[str, str]]]:
+    """``_file_key`` values to look up, one list per spelling (as written, then stripped of spaces).
+
+    Spellings that carry an image extension are looked up with it alone; otherwise each spelling
+    tries every extension.
+    """
+    spellings = list(dict.fromkeys([name, name.strip()]))
+    keyed = [[_file_key(s)] for s in spellings if Path(s).suffix.lower() in IMAGE_EXTENSIONS]
+    return keyed or [[(s, ext) for ext in extensions] for s in spellings]
+
+
+def _missing_file_name(name: str, extension: str) -> str:
+    """Where a name found nowhere would be: stripped of spaces, with ``extension`` when it has none."""
+    plain = name.strip()
+    return plain if Path(plain).suffix.lower() in IMAGE_EXTENSIONS else plain + extension
+
+
+def _distinct_files(paths: list[Path]) -> list[Path]:
+    """``paths`` less links to a file already listed: an ``images`` symlink to the root is one photo, not two."""
+    if len(paths) < 2:
+        return paths
+    seen: set[object] = set()
+    distinct = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            identity: object = (stat.st_dev, stat.st_ino)
+        except OSError:
+            identity = path
+        if identity not in seen:
+            seen.add(identity)
+            distinct.append(path)
+    return distinct
 
 
 def _file_key(file_name: str) -> tuple[str, str]:
@@ -378,15 +453,16 @@ def _file_key(file_name: str) -> tuple[str, str]:
     return file_name[: len(file_name) - len(suffix)], suffix.lower()
 
 
-def _listing(folder: Path) -> dict[tuple[str, str], str]:
-    """The folder's image files by ``_file_key``; an exact-case extension wins over another case."""
+def _listing(folder: Path) -> dict[tuple[str, str], list[str]]:
+    """The folder's image files by ``_file_key``; every case of an extension is kept (lower case first),
+    so two files for one key are seen rather than one silently shadowing the other."""
     if not folder.is_dir():
         return {}
-    files: dict[tuple[str, str], str] = {}
-    for file_name in sorted(os.listdir(folder)):
+    files: dict[tuple[str, str], list[str]] = {}
+    for file_name in sorted(os.listdir(folder), key=lambda f: (Path(f).suffix != Path(f).suffix.lower(), f)):
         key = _file_key(file_name)
-        if key[1] in IMAGE_EXTENSIONS and (key not in files or Path(file_name).suffix == key[1]):
-            files[key] = file_name
+        if key[1] in IMAGE_EXTENSIONS:
+            files.setdefault(key, []).append(file_name)
     return files
 
 
@@ -468,3 +544,10 @@ def holdout_split(index: SplitIndex, fraction: float, seed: int = 0) -> tuple[np
     groups = [patient_of(name) for name in index.names]
     held = stratified_group_split(groups, index.labels.tolist(), fraction, seed)
     return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def dataset_fingerprint(root: str | os.PathLike, layout: str = "auto", test_fraction: float = 0.2,
+                        split_seed: int = 0) -> str:
+    """Both splits' fingerprints in one: a run records it, and any edit to a label or photo changes it."""
+    parts = [read_split(root, split, layout, test_fraction, split_seed).fingerprint() for split in SPLITS]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]

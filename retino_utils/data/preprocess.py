@@ -10,6 +10,7 @@ eyepacs-dev, keeps only the one detected or asked for). SRC is only ever read. A
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -31,6 +32,10 @@ MASK_SIDE = 256  # the disc is located on a copy about this big
 DARK_LEVEL = 10.0  # 0-255 intensity below which the blurred border counts as black
 MIN_DISC_FRACTION = 0.1  # a "disc" narrower than this share of the image is noise: keep the whole image
 GRAHAM_MASK_RADIUS = 0.9  # share of the disc radius kept by --graham; the rim outside becomes grey
+# The smallest output side: a JPEG's colour comes in 16 x 16 blocks (4:2:0), so below that a photo is one
+# block and no lesion survives. It still lets tiny smoke-test copies through (training resizes from 24 px);
+# it is there to catch 0, a negative side or a cut-off 512 before every photo is blamed for it.
+MIN_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,7 @@ def preprocess(
     layout: str = "auto",
     progress: bool = True,
 ) -> PreprocessSummary:
+    check_size(size)
     src, dst = Path(src).resolve(), Path(dst).resolve()
     _check_folders(src, dst)
     layout = resolve_layout(src, layout)
@@ -211,6 +217,14 @@ def preprocess(
             with atomic_path(dst / table) as tmp:
                 shutil.copyfile(src / table, tmp)
     return PreprocessSummary(len(pending) - len(failed), len(sources) - len(pending), sorted(failed))
+
+
+def check_size(size: int, label: str = "size") -> None:
+    """Refuse a size no photo can be resized to before DST is touched (else each photo fails in turn);
+    ``label`` is what the caller calls it (``--size`` on the command line)."""
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < MIN_SIZE:
+        raise RetinoError(f"{label} {size!r} is not a usable output side: give a whole number of pixels, at least "
+                          f"{MIN_SIZE} (512, the default, keeps the lesions a model needs)")
 
 
 def _check_folders(src: Path, dst: Path) -> None:
