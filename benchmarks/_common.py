@@ -11,7 +11,8 @@ from retino_utils.errors import RetinoError
 from retino_utils.paths import BUILD_DIR, SHARED_DATA_DIR, cache_root
 
 REAL_DATA = SHARED_DATA_DIR / "eyepacs-dev"
-GRAHAM_SIZE = 256  # the side of eyepacs-dev's photos: the normalised copy keeps every pixel
+PREPARED_SIZE = 256  # the side of eyepacs-dev's photos: a prepared copy keeps every pixel
+EXTERNAL_DATA = SHARED_DATA_DIR / "clinical-ext-dev"  # another camera and population: never trained on
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, smoke_help: str) -> None:
@@ -40,6 +41,15 @@ def real_data_parser(description: str, out_name: str, smoke_help: str) -> argpar
     return parser
 
 
+def parse_study(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """The arguments of a study that compares variants with bootstrap intervals (fewer resamples in --smoke)."""
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the intervals")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.resamples = 50
+    return args
+
+
 def run_on_real_data(args, run: Callable, print_table: Callable[[dict], None]) -> int:
     """``run(args)`` on the real photos, or on tiny synthetic ones with ``--smoke``; then publish."""
     if args.smoke:
@@ -49,17 +59,34 @@ def run_on_real_data(args, run: Callable, print_table: Callable[[dict], None]) -
     return publish(run(args), print_table, args.json)
 
 
-def graham_copy(args) -> Path:
-    """``args.data`` with Ben Graham's colour normalisation (``python -m retino_utils.data preprocess --graham``),
-    written once under ``args.out`` (a rerun only checks it)."""
+def prepared_copy(args, prepare: str) -> Path:
+    """``args.data`` prepared as ``prepare`` (``python -m retino_utils.data preprocess --prepare``), written once
+    under ``args.out`` (a rerun only checks it)."""
     from retino_utils.data.preprocess import preprocess
 
-    size = 64 if args.smoke else GRAHAM_SIZE
-    copy = args.out / f"graham-{size}px-photos"
-    summary = preprocess(args.data, copy, size, use_graham=True, progress=args.progress)
+    size = 64 if args.smoke else PREPARED_SIZE
+    copy = args.out / f"{prepare}-{size}px-photos"
+    summary = preprocess(args.data, copy, size, prepare=prepare, progress=args.progress)
     if summary.failed:
         raise RetinoError(f"{len(summary.failed)} photos of {args.data} could not be read, e.g. {summary.failed[0]}")
     return copy
+
+
+def external_table(run_dir: str | Path, external: Path, device: str = "auto"):
+    """Every photo of ``external`` (both splits: none was trained on) graded by the run as ``predict
+    --preprocess`` grades new photos (its own preparation, size and cut points), beside the true grades;
+    and the predictor, whose run's thresholds score it."""
+    import numpy as np
+
+    from retino_utils.data import SPLITS, read_split
+    from retino_utils.predict import Predictor
+
+    splits = [read_split(external, split) for split in SPLITS]
+    predictor = Predictor.from_run(Path(run_dir), device)
+    table = predictor([path for split in splits for path in split.paths], prepare=predictor.preparation)
+    table.insert(0, "name", [name for split in splits for name in split.names])
+    table.insert(1, "true_grade", np.concatenate([split.labels for split in splits]))
+    return table, predictor
 
 
 def smoke_data() -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import graham_copy, real_data_parser, run_on_real_data
+from _common import parse_study, prepared_copy, real_data_parser, run_on_real_data
 
 from retino_utils.config import TrainConfig
 from retino_utils.errors import RetinoError, run_cli
@@ -64,7 +64,7 @@ def variant_config(name: str, args) -> TrainConfig:
     settings = {**BASE, **VARIANTS[name][1]}
     if args.smoke:
         settings.update(epochs=2, image_size=32, batch_size=8, sizes="24:1" if settings.get("sizes") else "")
-    photos = graham_copy(args) if name in GRAHAM_VARIANTS else args.data
+    photos = prepared_copy(args, "graham") if name in GRAHAM_VARIANTS else args.data
     return TrainConfig(data=str(photos), out=str(args.out / name), seed=args.seed, progress=args.progress,
                        resume=True, device=args.device, **settings)
 
@@ -160,11 +160,7 @@ def main(argv=None) -> int:
     parser = real_data_parser(__doc__.split("\n\n")[0], "cpu_levers",
                               "tiny synthetic data, 32 px, 2 epochs per variant (for CI)")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (the base always runs)")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the intervals")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.resamples = 50
-    return run_on_real_data(args, run, print_table)
+    return run_on_real_data(parse_study(parser, argv), run, print_table)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ Trains ResNet-18 from scratch through the engine on the lab split of ``../shared
 (2,490 train / 608 test photos, 10% of the training patients held out for validation) with the
 reference reports' recipe (cross entropy, SGD 1e-3, flips; 30 epochs at 128 px, last epoch kept) and
 with the engine's ``best-cpu`` recipe as it declares itself (its epochs, sizes and validation-chosen
-checkpoint), on the photos as they are and on a copy with Ben Graham's colour normalisation
-(``python -m retino_utils.data preprocess --graham``, written once under ``--out``), and scores each
-once on the test split, with 95% patient-bootstrap intervals, against always answering the majority grade.
+checkpoint), on the photos as they are and on prepared copies (``python -m retino_utils.data preprocess
+--prepare graham|retina``, written once under ``--out``), and scores each once on the test split, with 95%
+patient-bootstrap intervals, against always answering the majority grade; and on every photo of
+``../shared/data/clinical-ext-dev`` (another camera, never trained on), graded as ``predict --preprocess``
+grades new photos, with the paired differences between the recipes on both.
 
     python benchmarks/real_data.py                      # about 75 minutes on a 2-core CPU
     python benchmarks/real_data.py --json real.json
@@ -25,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from _common import graham_copy, real_data_parser, run_on_real_data
+from _common import EXTERNAL_DATA, external_table, prepared_copy, real_data_parser, run_on_real_data
 
 from retino_utils import NUM_CLASSES, data
 from retino_utils.config import RECIPES, TrainConfig
 from retino_utils.errors import RetinoError, run_cli
 from retino_utils.metrics import compute_metrics
+from retino_utils.predict import score_against_labels
 from retino_utils.results import load_run, signed_interval, with_interval
 from retino_utils.uncertainty import paired_difference
 from retino_utils.train import fit
@@ -38,19 +41,21 @@ from retino_utils.train import fit
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One row of the table: a recipe trained on the photos as they are or on their Graham-normalised copy."""
+    """One row of the table: a recipe trained on the photos as they are or on a prepared copy of them."""
 
     recipe: str
     label: str
-    graham: bool = False
+    prepare: str | None = None  # ``preprocess --prepare`` of the copy it trains on; None: the photos as they are
 
 
 ENTRIES = {
     "reports": Entry("reports", "reports' recipe (CE, SGD 1e-3, flips)"),
     "best-cpu": Entry("best-cpu", "ours (--recipe best-cpu)"),
-    "best-cpu-graham": Entry("best-cpu", "ours on Graham-normalised photos", graham=True),
+    "best-cpu-graham": Entry("best-cpu", "ours on Graham-normalised photos", prepare="graham"),
+    "best-cpu-retina": Entry("best-cpu", "ours on photos prepared as retina", prepare="retina"),
 }
-PAIRS = (("best-cpu-graham", "best-cpu"),)  # (a, b): a minus b on the same test photos, when both ran
+# (a, b): a minus b on the same photos, when both ran.
+PAIRS = (("best-cpu-graham", "best-cpu"), ("best-cpu-retina", "best-cpu-graham"))
 
 
 def entry_config(name: str, args) -> TrainConfig:
@@ -62,7 +67,7 @@ def entry_config(name: str, args) -> TrainConfig:
         settings.update(epochs=args.reports_epochs, image_size=128, best_metric="last")
     if args.smoke:
         settings.update(epochs=2, image_size=32, batch_size=8, sizes="", bootstrap=100)
-    photos = graham_copy(args) if entry.graham else args.data
+    photos = prepared_copy(args, entry.prepare) if entry.prepare else args.data
     config = TrainConfig.with_recipe(entry.recipe, data=str(photos), **settings)
     return dataclasses.replace(config, out=str(args.out / f"{name}-{config.image_size}px-{config.epochs}ep"))
 
@@ -76,7 +81,12 @@ def run(args) -> dict:
     train, test = data.read_split(args.data, "train"), data.read_split(args.data, "test")
     print(f"{args.data}: {len(train)} train / {len(test)} test photos; ResNet-18 from scratch", flush=True)
     start = time.perf_counter()
-    results = {"data": str(args.data),
+    external = args.data if args.smoke else args.external  # smoke: the synthetic photos, raw, stand in
+    if not external.is_dir():
+        print(f"no external set at {external}: only the test split is scored", flush=True)
+        external = None
+    tables: dict[str, pd.DataFrame] = {}
+    results = {"data": str(args.data), "external": str(external) if external else None,
                "baseline": {"label": "majority grade", **majority_metrics(train.labels, test.labels)}, "runs": {}}
     for name in args.runs:
         entry, config = ENTRIES[name], entry_config(name, args)
@@ -84,10 +94,16 @@ def run(args) -> dict:
         fit(config)  # a finished run in the folder is reused as it is
         finished = load_run(config.out)
         results["runs"][name] = {**finished.metrics, "label": entry.label, "epochs": config.epochs,
-                                 "settings": RECIPES[entry.recipe], "graham": entry.graham, "out": config.out,
+                                 "settings": RECIPES[entry.recipe], "prepare": entry.prepare, "out": config.out,
                                  "sizes": config.size_stages(), "training_minutes": finished.history["seconds"].sum() / 60}
+        if external is not None:
+            table, predictor = external_table(config.out, external, args.device)
+            tables[name] = table
+            results["runs"][name]["external"] = score_against_labels(table, predictor)
+    ran = [(a, b) for a, b in PAIRS if a in results["runs"] and b in results["runs"]]
     results["differences"] = {f"{a} - {b}": paired_on_test(results["runs"][a]["out"], results["runs"][b]["out"])
-                              for a, b in PAIRS if a in results["runs"] and b in results["runs"]}
+                              for a, b in ran}
+    results["external_differences"] = {f"{a} - {b}": paired(tables[a], tables[b]) for a, b in ran if tables}
     results["minutes"] = (time.perf_counter() - start) / 60
     return results
 
@@ -97,6 +113,11 @@ def paired_on_test(run_a: str, run_b: str) -> dict:
     a, b = (pd.read_csv(Path(run) / "predictions.csv") for run in (run_a, run_b))
     if a["name"].tolist() != b["name"].tolist():
         raise RetinoError(f"{run_a} and {run_b} graded different test photos: no paired difference")
+    return paired(a, b)
+
+
+def paired(a: pd.DataFrame, b: pd.DataFrame) -> dict:
+    """Grades a minus grades b of the same photos (tables with name, true_grade, pred_grade, referable_score)."""
     return paired_difference(a["true_grade"], a["pred_grade"], b["pred_grade"], a["referable_score"],
                              b["referable_score"], a["name"].tolist())
 
@@ -117,14 +138,28 @@ def print_table(results: dict) -> None:
               f"{with_interval(r['accuracy'], spans.get('accuracy'), '.1%'):>22}"
               f"{with_interval(r['qwk'], spans.get('qwk')):>24}{r['macro_f1']:>7.3f}{recall}"
               f"{'' if auc is None else with_interval(auc, spans.get('referable_auc')):>24}")
+    figures = ("accuracy", "qwk", "referable_auc")
     for pair, difference in results.get("differences", {}).items():
-        figures = ("accuracy", "qwk", "referable_auc")
-        print(f"{pair}, paired on the same photos: "
+        print(f"{pair}, paired on the same test photos: "
               + ", ".join(f"{figure} {signed_interval(difference[figure])}" for figure in figures))
+    if results.get("external"):
+        print(f"\nexternal: {results['external']} (every photo, graded as predict --preprocess does; never trained "
+              f"on); the screening threshold is the run's, chosen on its validation split")
+        for r in results["runs"].values():
+            m = r["external"]
+            spans, target = m["intervals"], m["screening"]["operating_points"].get("target", {})
+            point = (f"; at its 87%-sensitivity threshold: sensitivity {target['sensitivity']:.1%}, specificity "
+                     f"{target['specificity']:.1%}" if target else "")
+            print(f"{r['label']:<{width}} accuracy {with_interval(m['accuracy'], spans['accuracy'], '.1%')}, "
+                  f"QWK {with_interval(m['qwk'], spans['qwk'])}, referable AUC "
+                  f"{with_interval(m['referable_auc'], spans['referable_auc'])}{point}")
+        for pair, difference in results.get("external_differences", {}).items():
+            print(f"{pair}, paired on the same external photos: "
+                  + ", ".join(f"{figure} {signed_interval(difference[figure])}" for figure in figures))
     for r in results["runs"].values():
         settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items()) or "the engine's defaults"
         sizes = " -> ".join(f"{size} px x {epochs}" for size, epochs in r["sizes"])
-        photos = "Graham-normalised photos" if r["graham"] else "photos as they are"
+        photos = f"photos prepared as {r['prepare']}" if r.get("prepare") else "photos as they are"
         print(f"{r['label']}: {settings}; {photos}; {sizes}; kept epoch {r['best_epoch']} ({r['select_on']}); "
               f"trained {r['training_minutes']:.1f} minutes")
 
@@ -133,6 +168,8 @@ def main(argv=None) -> int:
     parser = real_data_parser(__doc__.split("\n\n")[0], "real_data", "tiny synthetic data, 32 px, 2 epochs (for CI)")
     parser.add_argument("--reports-epochs", type=int, default=30, help="epochs of the reports' recipe at 128 px")
     parser.add_argument("--runs", nargs="+", default=list(ENTRIES), choices=list(ENTRIES))
+    parser.add_argument("--external", type=Path, default=EXTERNAL_DATA,
+                        help="photos of another source, never trained on, also graded (default %(default)s)")
     return run_on_real_data(parser.parse_args(argv), run, print_table)
 
 

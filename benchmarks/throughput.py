@@ -36,7 +36,7 @@ from torchvision import transforms as T
 from _common import REAL_DATA, add_output_arguments, publish
 
 from retino_utils import data
-from retino_utils.device import autocast, resolve_device, use_bf16, use_channels_last
+from retino_utils.device import PRECISION_LABELS, autocast, resolve_device, resolve_precision, use_channels_last
 from retino_utils.paths import cache_root
 from retino_utils.synthetic import cached_dataset
 
@@ -66,9 +66,9 @@ def endless(loader):
 class Pipeline:
     """A model, its optimizer, and the batches it trains on; ``rate`` times ``steps`` training steps."""
 
-    def __init__(self, name, arch, batches, device, bf16, channels_last, compiled=False):
+    def __init__(self, name, arch, batches, device, precision, channels_last, compiled=False):
         torch.manual_seed(0)
-        self.name, self.device, self.bf16 = name, device, bf16
+        self.name, self.device, self.precision = name, device, precision
         self.model = getattr(torchvision.models, arch)(num_classes=5).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -80,7 +80,7 @@ class Pipeline:
     def step(self) -> int:
         x, y = next(self.batches)[:2]
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with autocast(self.device, self.bf16):
+        with autocast(self.device, self.precision):
             loss = F.cross_entropy(self.model(x).float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -114,7 +114,7 @@ def images_for_benchmark(smoke: bool) -> tuple[Path, str]:
 def measure(args) -> dict:
     device = resolve_device(args.device)
     size = args.size or (512 if device.type == "cuda" else 128)
-    bf16, channels_last = use_bf16(device, args.precision), use_channels_last(device)
+    precision, channels_last = resolve_precision(device, args.precision), use_channels_last(device)
     root, source = images_for_benchmark(args.smoke)
     index = data.read_split(root, "train")
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -122,10 +122,10 @@ def measure(args) -> dict:
         cache = data.ImageCache.build(index, size, cache_dir=cache_dir, progress=False)
         cache_rate = len(index) / (time.perf_counter() - start)
         print(f"{source}: {len(index)} images; cache built at {cache_rate:.0f} images/s; {device}, {size} px, "
-              f"batch {args.batch_size}; ours in {'bf16 autocast' if bf16 else 'fp32'}"
+              f"batch {args.batch_size}; ours in {PRECISION_LABELS[precision]}"
               f"{' + channels_last' if channels_last else ''}{' + torch.compile' if args.compile else ''}", flush=True)
         results = {"device": str(device), "device_name": _device_name(device), "images": source,
-                   "size": size, "batch_size": args.batch_size, "bf16": bf16, "channels_last": channels_last,
+                   "size": size, "batch_size": args.batch_size, "precision": precision, "channels_last": channels_last,
                    "compile": args.compile,
                    "cache_build_images_per_s": cache_rate, "archs": {}}
         mean, std = data.normalization("report")
@@ -137,8 +137,8 @@ def measure(args) -> dict:
             fixed = next(iter(ours_loader))
             pipelines = [
                 Pipeline("reference", arch, endless(reference_loader), device, False, False),
-                Pipeline("ours", arch, endless(ours_loader), device, bf16, channels_last, args.compile),
-                Pipeline("ceiling", arch, itertools.repeat(fixed), device, bf16, channels_last, args.compile),
+                Pipeline("ours", arch, endless(ours_loader), device, precision, channels_last, args.compile),
+                Pipeline("ceiling", arch, itertools.repeat(fixed), device, precision, channels_last, args.compile),
             ]
             for pipeline in pipelines:  # first steps: allocations, kernel selection, compilation
                 pipeline.rate(1)
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-workers", type=int, default=0,
                         help="DataLoader workers of the reference pipeline (the reports used the default, 0)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                         help="of ours and the ceiling: auto = bf16 autocast where the hardware has native bf16")
     parser.add_argument("--compile", action="store_true", help="also torch.compile ours and the ceiling")
     add_output_arguments(parser, "a few steps at 32 px on synthetic images (for CI)")

@@ -1,6 +1,6 @@
-"""Checkpoints: one dict {model, optimizer, scheduler, epoch, config, history, rng, best, ema}, serialised
-in memory first (so its size is known before the disk is touched), replaced atomically, and read
-back with ``weights_only=True`` (no arbitrary code from a file)."""
+"""Checkpoints: one dict {model, optimizer, scheduler, epoch, config, history, rng, best, thresholds, ema,
+scaler, data_fingerprint}, serialised in memory first (so its size is known before the disk is touched),
+replaced atomically, and read back with ``weights_only=True`` (no arbitrary code from a file)."""
 
 from __future__ import annotations
 

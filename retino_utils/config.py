@@ -79,6 +79,11 @@ class TrainConfig:
     scale: float = setting(0.0, "random zoom by a factor in [1 - scale, 1 + scale]")
     shift: float = setting(0.0, "random shift up to this share of the image size, in x and y")
     color: float = setting(0.0, "random brightness and contrast factors in [1 - color, 1 + color]")
+    gamma: float = setting(0.0, "random gamma exp(u), u in [-gamma, gamma] (exposure of another camera)")
+    saturation: float = setting(0.0, "random saturation factor in [1 - saturation, 1 + saturation]")
+    blur: float = setting(0.0, "random Gaussian blur up to this sigma in pixels, or as much sharpening")
+    jpeg: int = setting(0, "half the training photos re-encoded as JPEG at a random quality in [jpeg, 95] "
+                        "(0 = off)")
     normalize: Literal["auto", "dataset", "imagenet", "report", "none"] = setting(
         "auto", "auto = ImageNet stats for ImageNet weights, the training split's own otherwise; "
                 "none = pixels scaled to [0, 1] only")
@@ -95,8 +100,10 @@ class TrainConfig:
         "cache", "cache = decoded uint8 cache + batch augmentation (fast); pil = per-image PIL pipeline")
     workers: int | None = setting(None, "processes for decoding (default: all cores)")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N | mps")
-    precision: Literal["auto", "bf16", "fp32"] = setting(
-        "auto", "auto = bf16 autocast where the hardware has native bf16, fp32 elsewhere")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = setting(
+        "auto", "auto = bf16 autocast where the hardware computes bf16 natively (CUDA 8.0+, CPUs with "
+                "AVX512-BF16/AMX), fp16 autocast with a gradient scaler on older CUDA cards (T4, V100, P100), "
+                "fp32 elsewhere")
     compile: bool = setting(False, "torch.compile the model")
     seed: int = 0
     deterministic: bool = setting(False, "deterministic algorithms (slower; bit-identical reruns)")
@@ -139,9 +146,12 @@ class TrainConfig:
                               "or keep the last epoch (--best-metric last)")
         if self.bootstrap < 0:
             raise RetinoError(f"bootstrap must be 0 (no intervals) or more resamples, got {self.bootstrap}")
+        if self.jpeg and not 1 <= self.jpeg <= 95:
+            raise RetinoError(f"jpeg must be 0 (off) or a quality in [1, 95], got {self.jpeg}")
         if self.warmup_epochs < 0:
             raise RetinoError(f"warmup_epochs must be 0 or more, got {self.warmup_epochs}")
-        for name, high in (("scale", 1), ("shift", 0.5), ("color", 1), ("ema", 1), ("fuse_eyes", 0.5)):
+        for name, high in (("scale", 1), ("shift", 0.5), ("color", 1), ("ema", 1), ("fuse_eyes", 0.5), ("gamma", 1),
+                           ("saturation", 1), ("blur", 5)):
             if not 0 <= getattr(self, name) < high or (name == "fuse_eyes" and self.fuse_eyes == high):
                 raise RetinoError(f"{name} must be in [0, {high}), got {getattr(self, name)}")
         self.size_stages()  # refuses a malformed --sizes

@@ -1,9 +1,11 @@
-"""Device choice and numeric precision: bf16 only where the hardware computes it natively."""
+"""Device choice and numeric precision: bf16 where the hardware computes it natively, fp16 with a gradient
+scaler on older GPUs, fp32 elsewhere."""
 
 from __future__ import annotations
 
 import contextlib
 import platform
+from typing import Collection
 
 import torch
 
@@ -30,35 +32,55 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX512-BF16, AMX, Arm BF16); elsewhere bf16 is emulated and slower."""
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX512-BF16, AMX, Arm BF16
+BF16_CUDA_CAPABILITY = (8, 0)  # Ampere and later compute bf16 natively; a T4 (7.5), V100 (7.0) or P100 (6.0) does not
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags that matter for precision (torch's view, else /proc/cpuinfo)."""
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     if caps:
-        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16") or caps.get("bf16"))
+        return {name for name, present in caps.items() if present is True}
     if platform.system() == "Linux":
         with contextlib.suppress(OSError):
-            flags = open("/proc/cpuinfo").read()
-            return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16", "bf16"))
-    return False
+            return set(open("/proc/cpuinfo").read().split())
+    return set()
 
 
-def use_bf16(device: torch.device, precision: str = "auto") -> bool:
+def choose_precision(device_type: str, capability: tuple[int, int] | None = None,
+                     flags: Collection[str] = ()) -> str:
+    """What ``--precision auto`` means, from the hardware alone: bf16 autocast where it is computed natively
+    (CUDA capability 8.0 and above; CPUs with AVX512-BF16, AMX or Arm BF16), fp16 autocast with a gradient
+    scaler on older CUDA cards (where ``torch.cuda.is_bf16_supported()`` may still say yes: emulated, slow),
+    fp32 elsewhere (other CPUs, MPS)."""
+    if device_type == "cuda":
+        return "bf16" if capability is not None and tuple(capability) >= BF16_CUDA_CAPABILITY else "fp16"
+    if device_type == "cpu" and set(flags) & set(NATIVE_BF16_FLAGS):
+        return "bf16"
+    return "fp32"
+
+
+def resolve_precision(device: torch.device, requested: str = "auto") -> str:
+    """``requested`` as given, or for ``auto`` the choice for this machine's hardware."""
+    if requested != "auto":
+        return requested
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return choose_precision(device.type, capability, cpu_flags() if device.type == "cpu" else ())
+
+
+def autocast(device: torch.device, precision: str):
+    """An autocast context in bf16 or fp16, or a no-op in fp32."""
     if precision == "fp32":
-        return False
-    if precision == "bf16":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return cpu_has_native_bf16()
-    return False
-
-
-def autocast(device: torch.device, bf16: bool):
-    """An autocast context in bf16, or a no-op in fp32."""
-    if not bf16:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """fp16 gradients underflow without loss scaling: a scaler for fp16, none otherwise."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+PRECISION_LABELS = {"bf16": "bf16 autocast", "fp16": "fp16 autocast + gradient scaler", "fp32": "fp32"}
 
 
 def use_channels_last(device: torch.device) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,25 +35,32 @@ def _flatten_outputs(out: torch.Tensor) -> torch.Tensor:
     return out.squeeze(1) if out.ndim == 2 and out.shape[1] == 1 else out
 
 
-def train_one_epoch(model, loss_fn, optimizer, loader, *, device, bf16=False, scheduler=None, ema=None,
-                    show_progress=True, desc="train") -> PassOutputs:
-    """Train over ``loader`` once; ``scheduler`` (if any) steps and ``ema`` (an AveragedModel) averages
-    after every batch."""
+def train_one_epoch(model, loss_fn, optimizer, loader, *, device, precision="fp32", scaler=None, scheduler=None,
+                    ema=None, show_progress=True, desc="train") -> PassOutputs:
+    """Train over ``loader`` once in ``precision`` (with ``scaler``, a GradScaler, for fp16); ``scheduler``
+    (if any) steps and ``ema`` (an AveragedModel) averages after every batch."""
     start = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     outputs, labels, indices = [], [], []
     bar = progress(loader, enabled=show_progress, desc=desc, total=len(loader), unit="batch", leave=False)
     for step, (x, y, idx) in enumerate(bar):
-        with autocast(device, bf16):
+        with autocast(device, precision):
             out = _flatten_outputs(model(x))
         loss = loss_fn(out.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # a step whose scaled gradients overflowed is skipped, and the scale lowered
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         if ema is not None:
             ema.update_parameters(model)
         if scheduler is not None:
-            scheduler.step()
+            with warnings.catch_warnings():  # after a step the scaler skipped (overflow), torch warns each time
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                scheduler.step()
         loss_sum += loss.detach().double() * y.numel()
         outputs.append(out.detach().float())
         labels.append(y)
@@ -63,7 +71,7 @@ def train_one_epoch(model, loss_fn, optimizer, loader, *, device, bf16=False, sc
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn, loader, *, device, bf16=False, tta=False, show_progress=False,
+def evaluate(model, loss_fn, loader, *, device, precision="fp32", tta=False, show_progress=False,
              desc="eval") -> PassOutputs:
     """Outputs on ``loader`` in eval mode; ``tta`` averages them over the four flips (no loss without ``loss_fn``)."""
     start = time.perf_counter()
@@ -72,7 +80,7 @@ def evaluate(model, loss_fn, loader, *, device, bf16=False, tta=False, show_prog
     outputs, labels, indices = [], [], []
     for x, y, idx in progress(loader, enabled=show_progress, desc=desc, total=len(loader), unit="batch", leave=False):
         views = [x, x.flip(-1), x.flip(-2), x.flip(-1, -2)] if tta else [x]
-        with autocast(device, bf16):
+        with autocast(device, precision):
             out = torch.stack([_flatten_outputs(model(v)).float() for v in views]).mean(0)
         if loss_fn is not None:  # prediction has no labels to score against
             loss_sum += loss_fn(out, y).double() * y.numel()

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from .config import TrainConfig
+from .data.preprocess import check_preparation, check_size
 from .errors import RetinoError
 from .paths import PACKAGE_DIR
 
@@ -22,7 +23,9 @@ PIPELINE_FILE = PACKAGE_DIR / "pipeline.yaml"
 
 # The keys each part of the file may hold (values: required or not).
 TOP_KEYS = {"runs": True, "profiles": True, "notebooks": True, "index_figures": False}
-PROFILE_KEYS = {"description": False, "synthetic": False, "train": False, "runs": False, "differences": False}
+PROFILE_KEYS = {"description": False, "synthetic": False, "prepare": False, "train": False, "runs": False,
+                "differences": False}
+PREPARE_KEYS = {"preparation": True, "size": True}  # the copy of the data a profile's runs train on
 SYNTHETIC_KEYS = {"train": True, "test": True, "size": True, "seed": True, "lesion_scale": False}
 NOTEBOOK_KEYS = {"step": True, "notebook": True, "parameters": False, "per_run": False, "depends": False,
                  "run_groups": False}
@@ -53,6 +56,13 @@ def validate_pipeline(pipeline, where: str = PIPELINE_FILE.name) -> None:
         _keys(spec, PROFILE_KEYS, place)
         if spec.get("synthetic") is not None:
             _keys(spec["synthetic"], SYNTHETIC_KEYS, f"{place} synthetic")
+        if spec.get("prepare") is not None:
+            _keys(spec["prepare"], PREPARE_KEYS, f"{place} prepare")
+            try:
+                check_preparation(spec["prepare"]["preparation"])
+                check_size(spec["prepare"]["size"], "size")
+            except RetinoError as error:
+                raise RetinoError(f"{place} prepare: {error}") from None
         _keys(spec.get("train") or {}, settings_keys, f"{place} train", "a training setting")
         for pattern, overrides in _mapping(spec.get("runs") or {}, f"{place} runs").items():
             if not any(char in pattern for char in "*?[") and pattern not in runs:  # a pattern may match none

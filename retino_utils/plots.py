@@ -63,8 +63,21 @@ def grade_distribution(counts: Mapping[str, Sequence[int]]) -> Figure:
     return fig
 
 
-def sample_grid(samples: Mapping[int, Sequence[np.ndarray]], title: str | None = None) -> Figure:
-    """Rows of sample images, one row per grade."""
+def preparation_spreads(stats: pd.DataFrame) -> Figure:
+    """Each channel's spread inside the retina per source, one panel per preparation (``preparation_comparison``'s
+    table): one look for every source means bars of equal height within a panel."""
+    frame = stats.reset_index().melt(id_vars=["preparation", "source"], value_vars=[f"{c} spread" for c in "RGB"],
+                                     var_name="channel", value_name="spread inside the retina (grey levels)")
+    frame["channel"] = frame["channel"].str[0]
+    grid = sns.catplot(frame, kind="bar", x="channel", y="spread inside the retina (grey levels)", hue="source",
+                       col="preparation", height=3.2, aspect=1.1)
+    grid.set_titles("{col_name}")
+    grid.figure.suptitle("Contrast the model sees, per source and preparation", y=1.03)
+    return grid.figure
+
+
+def sample_grid(samples: Mapping[int | str, Sequence[np.ndarray]], title: str | None = None) -> Figure:
+    """Rows of sample images, one row per grade (int keys) or per named row (str keys)."""
     columns = max((len(v) for v in samples.values()), default=1)
     fig, axes = plt.subplots(len(samples), columns, figsize=(1.6 * columns, 1.7 * len(samples)), squeeze=False)
     for row, (grade, images) in zip(axes, samples.items()):
@@ -74,7 +87,8 @@ def sample_grid(samples: Mapping[int, Sequence[np.ndarray]], title: str | None =
             ax.spines[:].set_visible(False)
             if col < len(images):
                 ax.imshow(images[col])
-        row[0].set_ylabel(GRADE_LABELS[grade].replace("\n", " "), fontsize=9)
+        label = GRADE_LABELS[grade].replace("\n", " ") if isinstance(grade, int) else grade
+        row[0].set_ylabel(label.replace(" · ", "\n"), fontsize=9)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -245,7 +259,8 @@ def overlay_grid(cells: Mapping[tuple[int, str], tuple[object, str]], title: str
                         color="0.4", transform=ax.transAxes)
             if grade == GRADES[0]:
                 ax.set_title(kind, fontsize=10)
-        row[0].set_ylabel(GRADE_LABELS[grade].replace("\n", " "), fontsize=9)
+        label = GRADE_LABELS[grade].replace("\n", " ") if isinstance(grade, int) else grade
+        row[0].set_ylabel(label.replace(" · ", "\n"), fontsize=9)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -1,7 +1,7 @@
 """Grade new photos with a trained run, and show where it looks.
 
 ``python -m retino_utils.predict RUN_DIR INPUT --out grades.csv [--tta] [--cam DIR] [--preprocess
-[--graham]] [--batch-size B] [--device D]``; in Python ``Predictor.from_run(RUN_DIR)(photos)``.
+[--prepare NAME]] [--batch-size B] [--device D]``; in Python ``Predictor.from_run(RUN_DIR)(photos)``.
 
 It uses what the run learned and never what the new photos look like: the architecture and image
 size of the run's config, the normalisation statistics of its training split, its kept checkpoint
@@ -33,8 +33,8 @@ from .config import TrainConfig, load_config
 from .data import BatchLoader, SplitIndex, dataset_fingerprint, detect_layout, read_split
 from .data.images import ImageSource, decode_problem, fundus_doubt, load_rgb, load_resized, square_resize
 from .data.layouts import IMAGE_EXTENSIONS
-from .data.preprocess import copy_settings, is_graham_copy, prepared_photo
-from .device import resolve_device, use_bf16, use_channels_last
+from .data.preprocess import PREPARATIONS, copy_settings, preparation_of, prepared_photo
+from .device import resolve_device, resolve_precision, use_channels_last
 from .engine import evaluate, predict_grades, referable_scores
 from .errors import RetinoError, run_cli
 from .eyes import fuse_eyes
@@ -52,20 +52,19 @@ PREPROCESS_SIZE = 512  # the side `data preprocess` writes by default (for runs 
 class _Photos:
     """Photos (paths or PIL images) decoded as the run's training pipeline decoded its own."""
 
-    def __init__(self, items: Sequence[ImageSource], image_size: int, preprocess: bool, graham: bool,
-                 preprocess_size: int):
+    def __init__(self, items: Sequence[ImageSource], image_size: int, prepare: str | None, preprocess_size: int):
         self.items, self.image_size = list(items), image_size
-        self.preprocess, self.graham, self.preprocess_size = preprocess, graham, preprocess_size
+        self.prepare, self.preprocess_size = prepare, preprocess_size  # prepare None: the photos as they are
         self.labels = np.zeros(len(self.items), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def pixels(self, i: int) -> np.ndarray:
-        if not self.preprocess:
+        if self.prepare is None:
             return load_resized(self.items[i], self.image_size)
         size = self.preprocess_size
-        photo = prepared_photo(load_rgb(self.items[i], draft_size=2 * size), size, self.graham)
+        photo = prepared_photo(load_rgb(self.items[i], draft_size=2 * size), size, self.prepare)
         return np.array(square_resize(photo, self.image_size))
 
     def read(self, indices: np.ndarray, out: np.ndarray) -> None:
@@ -85,13 +84,14 @@ class Predictor:
     cut_points: list[float] | None
     refer_threshold: float | None  # on the referable score, chosen on the run's validation split
     device: torch.device
-    bf16: bool
+    precision: str  # the run's --precision, resolved on this machine's hardware
     channels_last: bool
     batch_size: int
     metrics: dict
     config: TrainConfig  # the settings the checkpoint was trained with
     fuse_eyes: float = 0.0  # the run's weight of a patient's other eye, for photos named <patient>_left/right
     preprocess_size: int = PREPROCESS_SIZE  # --preprocess writes photos this big: the run's training copy's side
+    preparation: str = "crop"  # how --preprocess prepares photos: as the run's training copy was prepared
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", batch_size: int | None = None,
@@ -113,19 +113,21 @@ class Predictor:
         training_copy = copy_settings(config.data)
         return cls(run_dir, model, config.image_size, tuple(metrics["normalization"]["mean"]),
                    tuple(metrics["normalization"]["std"]), metrics.get("thresholds"),
-                   target_point["threshold"] if target_point else None, target, use_bf16(target, config.precision),
+                   target_point["threshold"] if target_point else None, target,
+                   resolve_precision(target, config.precision),
                    channels_last, batch_size or 2 * config.batch_size, metrics, config, config.fuse_eyes,
-                   training_copy.size if training_copy else PREPROCESS_SIZE)
+                   training_copy.size if training_copy else PREPROCESS_SIZE,
+                   training_copy.prepare if training_copy else "crop")
 
     def loader(self, photos) -> BatchLoader:
         return BatchLoader(photos, self.batch_size, shuffle=False, augment=False, mean=self.mean, std=self.std,
                            device=self.device, channels_last=self.channels_last)
 
-    def __call__(self, photos: Sequence[ImageSource], tta: bool = False, preprocess: bool = False,
-                 graham: bool = False, show_progress: bool = False) -> pd.DataFrame:
+    def __call__(self, photos: Sequence[ImageSource], tta: bool = False, prepare: str | None = None,
+                 show_progress: bool = False) -> pd.DataFrame:
         """One row per photo: grade, class probabilities (or the regression score), referable score, refer."""
-        source = _Photos(photos, self.image_size, preprocess, graham, self.preprocess_size)
-        result = evaluate(self.model, None, self.loader(source), device=self.device, bf16=self.bf16, tta=tta,
+        source = _Photos(photos, self.image_size, prepare, self.preprocess_size)
+        result = evaluate(self.model, None, self.loader(source), device=self.device, precision=self.precision, tta=tta,
                           show_progress=show_progress, desc="grading")
         names = [Path(p).stem if isinstance(p, (str, Path)) else "" for p in photos]
         outputs = fuse_eyes(result.outputs, names, self.fuse_eyes)
@@ -141,10 +143,10 @@ class Predictor:
             else pd.NA
         return table
 
-    def cams(self, photos: Sequence[ImageSource], target: str = "grade", preprocess: bool = False,
-             graham: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def cams(self, photos: Sequence[ImageSource], target: str = "grade",
+             prepare: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Each photo as the model saw it (N, S, S, 3 uint8) and its Grad-CAM (N, S, S in [0, 1])."""
-        source = _Photos(photos, self.image_size, preprocess, graham, self.preprocess_size)
+        source = _Photos(photos, self.image_size, prepare, self.preprocess_size)
         seen = np.zeros((len(source), self.image_size, self.image_size, 3), dtype=np.uint8)
         source.read(np.arange(len(source)), seen)
         decoded = _Decoded(seen)  # the batches below reuse these pixels instead of decoding again
@@ -251,19 +253,22 @@ def read_path_list(source: Path) -> list[Path]:
     return paths
 
 
-def normalisation_mismatch(run_dir: Path, config: TrainConfig, photos: Sequence[Path], graham: bool) -> str | None:
-    """A note when the photos to grade and the run's training photos differ in Ben Graham's normalisation
-    (a copy made by ``preprocess --graham`` holds its photos in its root or in ``images/``)."""
-    trained_on = Path(config.data)
-    trained = is_graham_copy(trained_on)
-    given = graham or any(is_graham_copy(folder) for photo in photos[:1] for folder in Path(photo).parents[:2])
-    if trained and not given:
-        return (f"note: {run_dir} learned from Graham-normalised photos ({trained_on}) and these are not: add "
-                f"--preprocess --graham for camera photos, or grade a copy made by "
-                f"`python -m retino_utils.data preprocess --graham`")
-    if given and not trained:
-        return (f"note: {run_dir} learned from photos without Graham's normalisation ({trained_on}); normalised "
-                f"photos are unlike anything it saw: drop --graham, or grade the photos as they are")
+def preparation_note(run_dir: Path, config: TrainConfig, photos: Sequence[Path], prepare: str | None) -> str | None:
+    """A note when the photos will reach the model prepared unlike the run's training photos: ``prepare`` is
+    what ``--preprocess`` applies (None: the photos as they are, which may be a ``preprocess`` copy)."""
+    trained = preparation_of(config.data) or "crop"
+    if prepare is None:
+        given = preparation_of(Path(photos[0]).parent) if photos else None
+        if given is None and trained != "crop":
+            return (f"note: {run_dir} learned from photos prepared as {trained!r} ({config.data}) and these are "
+                    f"not prepared: add --preprocess for camera photos")
+        if given is not None and given != trained:
+            return (f"note: {run_dir} learned from photos prepared as {trained!r} ({config.data}) and these were "
+                    f"prepared as {given!r}: grade the camera photos with --preprocess instead")
+        return None
+    if prepare != trained:
+        return (f"note: {run_dir} learned from photos prepared as {trained!r} ({config.data}); --prepare {prepare} "
+                f"shows it photos unlike anything it saw: drop --prepare (--preprocess alone prepares as the run's)")
     return None
 
 
@@ -293,9 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cam-target", default="grade", choices=("grade", "referable"),
                         help="what the map explains: the predicted grade or the referable score")
     parser.add_argument("--preprocess", action="store_true",
-                        help="crop the disc and resize as `data preprocess` does (raw camera photos), at the side "
-                             "of the run's training copy if it trained on one, else 512")
-    parser.add_argument("--graham", action="store_true", help="with --preprocess: Ben Graham's colour normalisation")
+                        help="crop the disc, resize and prepare raw camera photos as `data preprocess` prepared the "
+                             "run's training copy (its preparation and side; crop at 512 px for a run that trained "
+                             "on photos as they were)")
+    parser.add_argument("--prepare", choices=list(PREPARATIONS),
+                        help="with --preprocess: another preparation than the run's own (for comparisons)")
+    parser.add_argument("--graham", dest="prepare", action="store_const", const="graham",
+                        help="= --prepare graham (kept for older commands)")
     parser.add_argument("--batch-size", type=int, help="photos per batch (default: the run's evaluation batch)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     return parser
@@ -327,13 +336,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is shown escaped, not a traceback
         stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
-    if args.graham and not args.preprocess:
-        raise RetinoError("--graham applies to --preprocess: add --preprocess (or drop --graham)")
+    if args.prepare and not args.preprocess:
+        raise RetinoError(f"--prepare {args.prepare} applies to --preprocess: add --preprocess (or drop it)")
     check_outputs(args.out, args.cam)
     predictor = Predictor.from_run(args.run_dir, args.device, args.batch_size)
     fingerprint = predictor.metrics.get("data_fingerprint") or recorded_fingerprint(args.run_dir)
     inputs = read_inputs(args.input, args.split, predictor.config, fingerprint)
-    if note := normalisation_mismatch(args.run_dir, predictor.config, inputs.paths, args.graham):
+    prepare = (args.prepare or predictor.preparation) if args.preprocess else None
+    if note := preparation_note(args.run_dir, predictor.config, inputs.paths, prepare):
         print(note, file=sys.stderr)
     problems = {i: reason for i, path in enumerate(progress(inputs.paths, desc="checking", unit="img"))
                 if (reason := decode_problem(path))}
@@ -341,8 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise RetinoError(unreadable_message(inputs.paths, problems))
     good = [i for i in range(len(inputs.paths)) if i not in problems]
     doubts = {i: doubt for i in good if (doubt := fundus_doubt(inputs.paths[i]))}
-    table = predictor([inputs.paths[i] for i in good], tta=args.tta, preprocess=args.preprocess,
-                      graham=args.graham, show_progress=True)
+    table = predictor([inputs.paths[i] for i in good], tta=args.tta, prepare=prepare, show_progress=True)
     table.insert(0, "path", [str(inputs.paths[i]) for i in good])
     table.insert(0, "name", [inputs.names[i] for i in good])
     if inputs.labels is not None:
@@ -364,8 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scored.unlink()  # an earlier grading's figures must not pass for these grades
         print(f"removed {scored}: it scored an earlier grading against labels, and these photos have none")
     if args.cam:
-        write_overlays(predictor, [inputs.paths[i] for i in good], args.cam, args.cam_target, args.preprocess,
-                       args.graham)
+        write_overlays(predictor, [inputs.paths[i] for i in good], args.cam, args.cam_target, prepare)
         print(f"wrote {len(good)} Grad-CAM overlays ({args.cam_target}) to {args.cam}")
     for i, doubt in doubts.items():
         print(f"warning: {inputs.paths[i]} cannot be a fundus photo ({doubt}): graded, but its grade means "
@@ -392,13 +400,13 @@ def overlay_names(paths: list[Path]) -> list[str]:
     return unique
 
 
-def write_overlays(predictor: Predictor, paths: list[Path], folder: Path, target: str, preprocess: bool,
-                   graham: bool) -> None:
+def write_overlays(predictor: Predictor, paths: list[Path], folder: Path, target: str,
+                   prepare: str | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     names = overlay_names(paths)
     for start in progress(range(0, len(paths), predictor.batch_size), desc="Grad-CAM", unit="batch"):
         chunk = slice(start, start + predictor.batch_size)
-        seen, heat = predictor.cams(paths[chunk], target, preprocess, graham)
+        seen, heat = predictor.cams(paths[chunk], target, prepare)
         for name, photo, cam in zip(names[chunk], seen, heat):
             picture = overlay(photo, cam)
             with atomic_path(folder / f"{name}.png") as tmp:

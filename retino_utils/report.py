@@ -34,6 +34,7 @@ from .render import export_pdf, find_chromium, render_report
 from .results import load_run
 from .run_safety import RunLock, holds_run, in_use_message, run_changes, supersede
 from .run_safety import data_fingerprint as run_data_fingerprint
+from .data.preprocess import preprocess
 from .synthetic import profile_dataset
 
 KERNEL = "python3"
@@ -253,10 +254,11 @@ def execute(step: Step, output: Path) -> Outcome:
 @dataclass
 class ReportContext:
     profile: str
-    data_dir: Path
+    data_dir: Path  # what the notebooks read: the given data, or the profile's prepared copy of it
     out: Path
     figures: Path
     device: str
+    source_dir: Path | None = None  # the data as given, where the profile prepares a copy of it
 
 
 def resolve_context(pipeline: dict, profile: str, data: str | None, out: str | None, device: str) -> ReportContext:
@@ -275,14 +277,27 @@ def resolve_context(pipeline: dict, profile: str, data: str | None, out: str | N
         raise RetinoError(f"profile {profile} needs your data: pass --data DIR (lab, kaggle or aptos layout)")
     # The demo's figures are the repository's figures/; other builds keep theirs beside the report.
     figures = FIGURES_DIR if profile == "demo" and not out else out_dir / "figures"
+    if prepared := spec.get("prepare"):  # the runs train on a copy prepared to one look, made once under OUT
+        copy = out_dir / "prepared" / f"{prepared['preparation']}-{prepared['size']}px"
+        return ReportContext(profile, copy, out_dir, figures, device, source_dir=data_dir)
     return ReportContext(profile, data_dir, out_dir, figures, device)
 
 
 def prepare_data(ctx: ReportContext, pipeline: dict) -> None:
-    spec = pipeline["profiles"][ctx.profile].get("synthetic")
-    if spec and ctx.data_dir == ctx.out / "data":
-        print(f"[data] synthetic fundus photos in {ctx.data_dir}", flush=True)
-        profile_dataset(spec, ctx.data_dir)
+    profile = pipeline["profiles"][ctx.profile]
+    spec = profile.get("synthetic")
+    if spec and (ctx.source_dir or ctx.data_dir) == ctx.out / "data":
+        print(f"[data] synthetic fundus photos in {ctx.out / 'data'}", flush=True)
+        profile_dataset(spec, ctx.out / "data")
+    if ctx.source_dir is not None:
+        prepared = profile["prepare"]
+        print(f"[data] {ctx.source_dir} prepared as {prepared['preparation']} at {prepared['size']} px in "
+              f"{ctx.data_dir} (once; an interrupted copy resumes)", flush=True)
+        summary = preprocess(ctx.source_dir, ctx.data_dir, prepared["size"], prepared["preparation"])
+        if summary.failed:
+            where, reason = summary.failed[0]
+            raise RetinoError(f"{len(summary.failed)} photos of {ctx.source_dir} could not be read ({where}: {reason}"
+                              f"): python -m retino_utils.data validate {ctx.source_dir} lists them")
 
 
 def build_report(profile: str = "demo", data: str | None = None, out: str | None = None, only: str | None = None,

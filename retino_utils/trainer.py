@@ -25,10 +25,11 @@ from torch.optim.swa_utils import AveragedModel
 from . import GRADES, screening
 from .checkpoint import restore_rng_state, rng_state, scored_weights
 from .config import TrainConfig
-from .device import resolve_device, use_bf16, use_channels_last
+from .device import PRECISION_LABELS, autocast, grad_scaler, resolve_device, resolve_precision, use_channels_last
 from .distributed import DistContext, init_distributed, shutdown_distributed
 from .ema import moving_average
 from .engine import PassOutputs, evaluate, predict_grades, referable_scores, train_one_epoch
+from .errors import RetinoError
 from .eyes import fuse_eyes
 from .loaders import RunData, build_run_data
 from .losses import build_loss
@@ -54,9 +55,10 @@ class Components:
     loss_fn: nn.Module
     device: torch.device
     ctx: DistContext
-    bf16: bool
+    precision: str  # bf16, fp16 or fp32: what --precision resolved to on this hardware
     channels_last: bool
     ema: AveragedModel | None = None  # the moving average of the weights, when config.ema asks for one
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling, kept and resumed with the run
     data_by_size: dict[int, RunData] = field(default_factory=dict)
 
     @property
@@ -75,7 +77,8 @@ class Components:
     def evaluate(self, loader, tta: bool = False) -> PassOutputs:
         """Outputs on ``loader`` from every process, in dataset order (eyes fused as the config says),
         with the summed loss."""
-        result = evaluate(self.scored_model, self.loss_fn, loader, device=self.device, bf16=self.bf16, tta=tta)
+        result = evaluate(self.scored_model, self.loss_fn, loader, device=self.device, precision=self.precision,
+                          tta=tta)
         loss_sum, _ = self.ctx.sum(result.loss_sum, result.n)
         outputs, labels = self.gather(result)
         outputs = fuse_eyes(outputs, loader.source.index.names, self.config.fuse_eyes)
@@ -97,7 +100,7 @@ def build_components(config: TrainConfig, device: torch.device, ctx: DistContext
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.deterministic
     torch.manual_seed(config.seed)
-    bf16, channels_last = use_bf16(device, config.precision), use_channels_last(device)
+    precision, channels_last = resolve_precision(device, config.precision), use_channels_last(device)
     model = build_model(config.arch, config.weights, num_classes=1 if config.is_regression else len(GRADES),
                         impl=config.impl).to(device)
     if channels_last:
@@ -107,8 +110,8 @@ def build_components(config: TrainConfig, device: torch.device, ctx: DistContext
     loss_fn = build_loss(config.loss, class_counts=counts, focal_gamma=config.focal_gamma,
                          class_weighting=config.class_weighting).to(device)
     ema = moving_average(model, config.ema) if config.ema else None
-    return Components(config, model, data, loss_fn, device, ctx, bf16, channels_last, ema,
-                      {config.image_size: data})
+    return Components(config, model, data, loss_fn, device, ctx, precision, channels_last, ema,
+                      grad_scaler(device, precision), {config.image_size: data})
 
 
 def run_training(config: TrainConfig, on_epoch_end: Callable[[dict], None] | None = None) -> pd.DataFrame:
@@ -149,6 +152,8 @@ def _train_locked(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.Da
         parts.model.load_state_dict(state["model"])
         if parts.ema is not None:
             parts.ema.load_state_dict(state["ema"])
+        if parts.scaler is not None and state.get("scaler"):
+            parts.scaler.load_state_dict(state["scaler"])
         history, best, thresholds = list(state["history"]), state["best"], state.get("thresholds")
         first_epoch = state["epoch"] + 1
         restore_rng_state(state["rng"])
@@ -164,7 +169,12 @@ def _train_locked(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.Da
                 optimizer.load_state_dict(state["optimizer"])  # same phase: continue its optimizer
                 if scheduler is not None and state["scheduler"] is not None:
                     scheduler.load_state_dict(state["scheduler"])
-        row, thresholds = _run_epoch(parts, epoch, phase, train_model, optimizer, scheduler)
+        try:
+            row, thresholds = _run_epoch(parts, epoch, phase, train_model, optimizer, scheduler)
+        except torch.cuda.OutOfMemoryError:
+            if epoch != first_epoch:
+                raise
+            raise out_of_memory(parts, train_model, config.size_at(epoch)) from None
         log(_epoch_line(row, config.epochs), flush=True)
         history.append(row)
         # Only epochs at the final size compete: the kept checkpoint is scored (and used) at image_size.
@@ -176,6 +186,7 @@ def _train_locked(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.Da
             "scheduler": scheduler.state_dict() if scheduler is not None else None, "epoch": epoch,
             "config": config.to_dict(), "history": history, "rng": rng_state(), "best": best,
             "thresholds": thresholds, "ema": parts.ema.state_dict() if parts.ema is not None else None,
+            "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
             "data_fingerprint": fingerprint,
         }, improved)
         ctx.barrier()
@@ -185,7 +196,7 @@ def _train_locked(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.Da
 
     parts.use_size(config.image_size)
     predictions, metrics = _score_kept_checkpoint(parts, folder.best_state(), best)
-    metrics["data_fingerprint"] = fingerprint
+    metrics.update(data_fingerprint=fingerprint, precision=parts.precision)
     folder.finish(predictions, metrics)
     summary = (f"kept epoch {best['epoch']} ({column} {best['value']:.4f}); test, scored once: "
                f"acc {metrics['accuracy']:.2%} qwk {metrics['qwk']:.3f} macro-F1 {metrics['macro_f1']:.3f}; "
@@ -194,6 +205,40 @@ def _train_locked(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.Da
     folder.event("done", best_epoch=best["epoch"], accuracy=metrics["accuracy"], qwk=metrics["qwk"],
                  macro_f1=metrics["macro_f1"])
     return history_frame(history)
+
+
+def out_of_memory(parts: Components, model: nn.Module, size: int) -> RetinoError:
+    """One line for a GPU that ran out of memory in a run's first epoch: the batch and size that failed, and
+    the largest halved batch that trains a step there (tried on the spot)."""
+    config = parts.config
+
+    def trial(batch: int) -> None:
+        x = torch.zeros(batch, 3, size, size, device=parts.device)
+        if parts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(parts.device, parts.precision):
+            model(x).float().sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    fits = fitting_batch_size(trial, config.batch_size, parts.device)
+    advice = (f"batch {fits} fits: rerun with --batch-size {fits} (or a smaller --image-size)" if fits
+              else "not even a batch of 1 fits: choose a smaller --image-size or --arch resnet18")
+    return RetinoError(f"{parts.device} ran out of memory training {config.arch} with batch {config.batch_size} at "
+                       f"{size} px ({PRECISION_LABELS[parts.precision]}): {advice}")
+
+
+def fitting_batch_size(trial: Callable[[int], None], batch: int, device: torch.device) -> int | None:
+    """The first of batch/2, batch/4, ... 1 for which ``trial(batch)`` runs out of no memory (None: none)."""
+    while batch > 1:
+        batch //= 2
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            trial(batch)
+            return batch
+        except torch.cuda.OutOfMemoryError:
+            continue
+    return None
 
 
 def selection_column(config: TrainConfig) -> str:
@@ -205,7 +250,7 @@ def selection_column(config: TrainConfig) -> str:
 
 def _describe(parts: Components) -> str:
     config, ctx = parts.config, parts.ctx
-    precision = "bf16 autocast" if parts.bf16 else "fp32"
+    precision = PRECISION_LABELS[parts.precision]
     layout = "channels_last" if parts.channels_last else "NCHW"
     procs = f" x {ctx.world_size} processes" if ctx.enabled else ""
     val = len(parts.data.val) if parts.data.val is not None else 0
@@ -250,7 +295,7 @@ def _run_epoch(parts: Components, epoch, phase, train_model, optimizer, schedule
     set_train_mode(parts.model)
     lr = optimizer.param_groups[0]["lr"]
     train = train_one_epoch(train_model, parts.loss_fn, optimizer, data.train_loader, device=parts.device,
-                            bf16=parts.bf16, scheduler=scheduler, ema=parts.ema,
+                            precision=parts.precision, scaler=parts.scaler, scheduler=scheduler, ema=parts.ema,
                             show_progress=config.progress and ctx.is_main,
                             desc=f"epoch {epoch}/{config.epochs} {phase} {data.train_loader.source.image_size}px")
     train_outputs, train_labels = parts.gather(train)

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sklearn.metrics import accuracy_score, cohen_kappa_score
+from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
+from retino_utils.data import SPLITS, read_split
 from retino_utils.paths import REPO_ROOT
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
@@ -42,13 +43,22 @@ def test_real_data_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "majority grade" in result.stdout and "best-cpu" in result.stdout
     figures = json.loads(out.read_text())
-    assert set(figures["runs"]) == {"reports", "best-cpu", "best-cpu-graham"}
+    assert set(figures["runs"]) == {"reports", "best-cpu", "best-cpu-graham", "best-cpu-retina"}
     normalised = yaml.safe_load((Path(figures["runs"]["best-cpu-graham"]["out"]) / "config.yaml").read_text())["data"]
-    assert json.loads((Path(normalised) / ".retino-preprocess.json").read_text())["graham"] is True
+    assert json.loads((Path(normalised) / ".retino-preprocess.json").read_text())["prepare"] == "graham"
     paired = figures["differences"]["best-cpu-graham - best-cpu"]
     for figure in ("accuracy", "qwk"):
         expected = figures["runs"]["best-cpu-graham"][figure] - figures["runs"]["best-cpu"][figure]
         assert paired[figure]["difference"] == pytest.approx(expected)
+    # The external set (in the smoke run, the synthetic photos graded raw) is graded as predict grades it.
+    from retino_utils.predict import Predictor
+
+    retina = figures["runs"]["best-cpu-retina"]
+    photos = [read_split(figures["data"], split) for split in SPLITS]
+    graded = Predictor.from_run(retina["out"])([p for split in photos for p in split.paths], prepare="retina")
+    referable = np.concatenate([split.labels for split in photos]) >= 2
+    assert retina["external"]["referable_auc"] == pytest.approx(roc_auc_score(referable, graded["referable_score"]))
+    assert "best-cpu-retina - best-cpu-graham" in figures["external_differences"]
     for run in figures["runs"].values():
         assert run["epochs"] == 2 and run["intervals"]["qwk"][0] <= run["qwk"] <= run["intervals"]["qwk"][1]
         predictions = pd.read_csv(Path(run["out"]) / "predictions.csv")
@@ -96,3 +106,24 @@ def test_cross_fitted_grades_never_use_a_photos_own_label(monkeypatch):
         changed[2 * patient: 2 * patient + 2] = (labels[2 * patient] + 2) % 5
         regraded = cross_fitted_grades(scores, changed, names)
         assert regraded[2 * patient] == grades[2 * patient] and regraded[2 * patient + 1] == grades[2 * patient + 1]
+
+
+@pytest.mark.slow
+def test_transfer_levers_smoke(tmp_path):
+    """Each variant is trained after the one it changes, judged on both views, paired with it on each."""
+    out = tmp_path / "transfer.json"
+    result = run_benchmark("transfer_levers.py", "--smoke", "--only", "retina+jpeg", "green", "--out",
+                           tmp_path / "runs", "--json", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    variants = json.loads(out.read_text())["variants"]
+    assert list(variants) == ["graham", "retina", "retina+jpeg", "green"]
+    assert [row["compared_with"] for row in variants.values()] == [None, "graham", "retina", "graham"]
+    for name, row in variants.items():
+        trained_on = yaml.safe_load((tmp_path / "runs" / name / "config.yaml").read_text())["data"]
+        assert json.loads((Path(trained_on) / ".retino-preprocess.json").read_text())["prepare"] == row["prepare"]
+        for view in ("internal", "external"):
+            figures = row[view]
+            low, high = figures["auc_interval"]
+            assert low <= figures["referable_auc"] <= high, (name, view)
+            assert ("auc_difference" in figures) == (row["compared_with"] is not None), (name, view)
+    assert yaml.safe_load((tmp_path / "runs" / "retina+jpeg" / "config.yaml").read_text())["jpeg"] == 30

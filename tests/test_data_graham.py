@@ -35,7 +35,7 @@ def test_graham_leaves_no_band_along_the_cut_edges(tmp_path, frame, size):
     photo = fundus(width, height, (cx, cy))
     src, dst = tmp_path / "photo.png", tmp_path / "out.png"
     photo.save(src)
-    preprocess_image(src, dst, size, use_graham=True)
+    preprocess_image(src, dst, size, "graham")
     out = np.asarray(Image.open(dst)).astype(float)
 
     # Where the photo lies in the output square: pad_to_square centres the crop, then it is resized.

@@ -89,7 +89,7 @@ def test_graham_subtracts_the_local_average_inside_the_disc(tmp_path):
     photo = np.asarray(disc_photo()).copy()
     photo[90:101, 140:151] = 40  # a dark lesion 35 px right of the disc centre (110, 95)
     Image.fromarray(photo).save(path)
-    preprocess(src, dst, size=96, use_graham=True, progress=False)
+    preprocess(src, dst, size=96, prepare="graham", progress=False)
     out = np.asarray(Image.open(dst / path.relative_to(src))).astype(int)
     assert np.abs(out[48, 48] - 128).max() <= 2  # flat colour equals its local average
     assert (out[2, 2] == 128).all() and (out[48, 1] == 128).all()  # outside 90% of the radius: grey

@@ -122,6 +122,8 @@ def test_a_typo_in_a_profile_or_run_is_refused_naming_where(tmp_path):
         (lambda p: p["profiles"]["demo"]["synthetic"].update(sed=1), "profile demo synthetic"),
         (lambda p: p["notebooks"][0].update(parameter={}), "notebooks entry 1"),
         (lambda p: p["runs"]["ablation_augmented"].update(rotation="thirty"), "run ablation_augmented"),
+        (lambda p: p["profiles"]["cpu"].update(prepare={"preparation": "retinal", "size": 256}),
+         "profile cpu prepare: unknown preparation 'retinal'"),
     ):
         with pytest.raises(RetinoError, match=where):
             load_pipeline(edited_pipeline(tmp_path, "bad", edit))

@@ -19,7 +19,7 @@ from retino_utils.config import TrainConfig, load_config
 from retino_utils.data import read_split
 from retino_utils.data.images import load_rgb, square_resize
 from retino_utils.data.preprocess import preprocess
-from retino_utils.predict import Predictor, normalisation_mismatch
+from retino_utils.predict import Predictor, preparation_note
 from retino_utils.synthetic import generate_dataset, mask_path, render_fundus
 from retino_utils.train import fit
 
@@ -43,8 +43,8 @@ def run_trained_on(trained, data, folder):
     return folder
 
 
-def mismatch(run, photos, graham):
-    return normalisation_mismatch(run, load_config(run / "config.yaml"), photos, graham=graham)
+def note(run, photos, prepare):
+    return preparation_note(run, load_config(run / "config.yaml"), photos, prepare)
 
 
 def predict_cli(*args):
@@ -134,41 +134,44 @@ def test_lesion_masks_are_written_and_leave_the_photos_unchanged(tmp_path):
         assert np.array_equal(plain, pixels) and lesions.dtype == bool
 
 
-def test_a_mismatch_in_grahams_normalisation_is_noted(trained, tiny_dataset, tmp_path):
-    """Photos normalised unlike the run's training photos get a note on stderr (the grades still come)."""
+def test_photos_prepared_unlike_the_runs_training_photos_are_noted(trained, tiny_dataset, tmp_path):
+    """Photos prepared unlike the run's training photos get a note on stderr (the grades still come)."""
     normalised = tmp_path / "graham"
-    preprocess(tiny_dataset, normalised, 32, use_graham=True, progress=False)
+    preprocess(tiny_dataset, normalised, 32, prepare="graham", progress=False)
     camera, copies = read_split(tiny_dataset, "test").paths, read_split(normalised, "test").paths
-    assert mismatch(trained, camera, graham=False) is None
-    assert "without Graham" in mismatch(trained, camera, graham=True)
-    assert "without Graham" in mismatch(trained, copies, graham=False)
+    assert note(trained, camera, None) is None and note(trained, camera, "crop") is None
+    assert "--prepare graham shows it photos unlike" in note(trained, camera, "graham")
+    assert "prepared as 'graham'" in note(trained, copies, None)
     listed = tmp_path / "photos.txt"
     listed.write_text("\n".join(map(str, copies)))
     result = predict_cli(trained, listed, "--out", tmp_path / "grades.csv")
-    assert result.returncode == 0 and "without Graham" in result.stderr, result.stderr
+    assert result.returncode == 0 and "prepared as 'graham'" in result.stderr, result.stderr
     assert len(pd.read_csv(tmp_path / "grades.csv")) == len(copies)
-    # A run trained on the normalised copy: camera photos need --preprocess --graham, the copy needs nothing.
+    # A run trained on the normalised copy: camera photos need --preprocess, the copy needs nothing.
     graham_run = run_trained_on(trained, normalised, tmp_path / "graham_run")
-    assert "--preprocess --graham" in mismatch(graham_run, camera, graham=False)
-    assert mismatch(graham_run, camera, graham=True) is None
-    assert mismatch(graham_run, copies, graham=False) is None
+    assert "add --preprocess" in note(graham_run, camera, None)
+    assert note(graham_run, camera, "graham") is None
+    assert note(graham_run, copies, None) is None
+    assert "--prepare retina" in note(graham_run, camera, "retina")
+    assert Predictor.from_run(graham_run).preparation == "graham" and Predictor.from_run(trained).preparation == "crop"
 
 
 def test_preprocess_prepares_photos_at_the_side_of_the_runs_training_copy(trained, tmp_path):
-    """Raw photos graded with --preprocess are the copy the run trained on, not a 512 px copy resized."""
+    """Raw photos graded with --preprocess are the copy the run trained on (its preparation and side), not a
+    512 px copy resized."""
     photos = generate_dataset(tmp_path / "fundus", 6, 6, size=160, progress=False)
     for jpeg in (photos / "images").glob("*.jpeg"):  # PNG: the copy is lossless, so it can be matched exactly
         Image.open(jpeg).save(jpeg.with_suffix(".png"))
         jpeg.unlink()
     copy = tmp_path / "copy48"
-    preprocess(photos, copy, 48, use_graham=True, progress=False)
+    preprocess(photos, copy, 48, prepare="retina", progress=False)
     predictor = Predictor.from_run(run_trained_on(trained, copy, tmp_path / "copy_run"))
     assert predictor.preprocess_size == 48 and Predictor.from_run(trained).preprocess_size == 512
     predictor = dataclasses.replace(predictor, image_size=48)  # as a run at the copy's side: every pixel compared
     raw, copied = read_split(photos, "test").paths, read_split(copy, "test").paths
     assert all(path.suffix == ".png" for path in copied)
     seen_in_training, _ = predictor.cams(copied)
-    at_copy_side, _ = predictor.cams(raw, preprocess=True, graham=True)
-    at_512, _ = dataclasses.replace(predictor, preprocess_size=512).cams(raw, preprocess=True, graham=True)
+    at_copy_side, _ = predictor.cams(raw, prepare=predictor.preparation)
+    at_512, _ = dataclasses.replace(predictor, preprocess_size=512).cams(raw, prepare=predictor.preparation)
     np.testing.assert_array_equal(at_copy_side, seen_in_training)
     assert not np.array_equal(at_512, seen_in_training)  # the side matters

@@ -96,7 +96,8 @@ def test_relative_folders_reach_the_notebooks_as_absolute_paths(tmp_path, monkey
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
     ctx = resolve_context(load_pipeline(), "cpu", "data", "out", "cpu")
-    assert ctx.data_dir == tmp_path.resolve() / "data" and ctx.out == tmp_path.resolve() / "out"
+    assert ctx.source_dir == tmp_path.resolve() / "data" and ctx.out == tmp_path.resolve() / "out"
+    assert ctx.data_dir == ctx.out / "prepared" / "retina-256px"  # the cpu profile trains on a prepared copy
     assert ctx.figures.is_absolute()
 
 
@@ -242,3 +243,23 @@ def test_papermill_cli_runs_the_training_notebook(smoke_report, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["config"]["arch"] == "resnet50"
     assert (tmp_path / "fig" / "train_resnet18_scratch.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_profile_that_prepares_its_data_trains_on_the_prepared_copy(tmp_path):
+    """A profile's `prepare` makes one copy of --data under the build folder, and the notebooks read that copy."""
+    from retino_utils.data.preprocess import copy_settings
+    from retino_utils.synthetic import generate_dataset
+
+    photos = generate_dataset(tmp_path / "photos", 20, 10, size=64, progress=False)
+    pipeline = load_pipeline()
+    pipeline["profiles"]["smoke"]["prepare"] = {"preparation": "retina", "size": 48}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    out = tmp_path / "out"
+    result = run_report("--pipeline", tmp_path / "pipeline.yaml", "--profile", "smoke", "--data", photos, "--out",
+                        out, "--only", "data", env={"RETINO_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    copy = out / "prepared" / "retina-48px"
+    assert copy_settings(copy).prepare == "retina" and copy_settings(copy).size == 48
+    assert json.loads((out / "results.json").read_text())["data"] == str(copy)
+    assert "prepared as retina at 48 px" in result.stdout

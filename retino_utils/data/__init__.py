@@ -22,7 +22,14 @@ from .layouts import (
 )
 from .preprocess import preprocess
 from .stats import ChannelStats, channel_stats
-from .summary import grade_table, image_size_table, samples_per_grade, stats_table, synthetic_record
+from .summary import (
+    grade_table,
+    image_size_table,
+    preparation_comparison,
+    samples_per_grade,
+    stats_table,
+    synthetic_record,
+)
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -71,6 +78,7 @@ __all__ = [
     "normalization",
     "normalize_batch",
     "open_dataset",
+    "preparation_comparison",
     "preprocess",
     "read_lab_pair",
     "read_split",

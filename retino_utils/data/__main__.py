@@ -10,7 +10,7 @@ from ..errors import run_cli
 from .cache import ImageCache
 from .dataset import open_dataset
 from .layouts import SPLITS, read_split
-from .preprocess import check_size, preprocess
+from .preprocess import PREPARATIONS, check_size, preprocess
 from .stats import channel_stats
 from .validate import validate
 
@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("src", help="dataset folder to read (never modified)")
     prep.add_argument("dst", help="new folder to write; rerun the same command to resume")
     prep.add_argument("--size", type=int, default=512, help="output side in pixels (default 512)")
-    prep.add_argument("--graham", action="store_true", help="Ben Graham's local-average colour subtraction")
+    prep.add_argument("--prepare", choices=list(PREPARATIONS), default="crop",
+                      help="; ".join(f"{name}: {what}" for name, what in PREPARATIONS.items()) + " (default crop)")
+    prep.add_argument("--graham", dest="prepare", action="store_const", const="graham", help="= --prepare graham")
     prep.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto")
     prep.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
 
@@ -73,7 +75,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _preprocess(args: argparse.Namespace) -> int:
     check_size(args.size, "--size")
-    summary = preprocess(args.src, args.dst, args.size, args.graham, workers=args.workers, layout=args.layout)
+    summary = preprocess(args.src, args.dst, args.size, args.prepare, workers=args.workers, layout=args.layout)
     print(f"wrote {summary.written} images to {args.dst} ({summary.skipped} already there)")
     if summary.failed:
         print(f"{len(summary.failed)} source images could not be read:")

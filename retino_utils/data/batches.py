@@ -21,7 +21,7 @@ import torch
 
 from .images import load_resized
 from .layouts import SplitIndex
-from .transforms import AugmentChoices, augment_batch, normalize_batch, sample_choices
+from .transforms import AugmentChoices, augment_batch, jpeg_roundtrip, normalize_batch, sample_choices
 
 
 class ImageSource(Protocol):
@@ -85,6 +85,10 @@ class BatchLoader:
         scale: float = 0.0,
         shift: float = 0.0,
         color: float = 0.0,
+        gamma: float = 0.0,
+        saturation: float = 0.0,
+        blur: float = 0.0,
+        jpeg: int = 0,
         sample_weights=None,
         drop_last: bool = False,
         seed: int = 0,
@@ -102,7 +106,8 @@ class BatchLoader:
         self.shuffle, self.augment = shuffle, augment
         self.mean, self.std = tuple(mean), tuple(std)
         self.device = torch.device(device)
-        self.augmentation = dict(hflip=hflip, vflip=vflip, rotation=rotation, scale=scale, shift=shift, color=color)
+        self.augmentation = dict(hflip=hflip, vflip=vflip, rotation=rotation, scale=scale, shift=shift, color=color,
+                                 gamma=gamma, saturation=saturation, blur=blur, jpeg=jpeg)
         self.set_sample_weights(sample_weights)
         self.drop_last = drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -164,7 +169,12 @@ class BatchLoader:
 
         def gather(k: int) -> tuple[torch.Tensor, torch.Tensor]:
             start, stop = bounds[k]
-            return order[start:stop], self._gather(order[start:stop].numpy())
+            pixels = self._gather(order[start:stop].numpy())
+            if choices is not None and choices.jpeg is not None:  # on the CPU, in the prefetching thread
+                for row, quality in enumerate(choices.jpeg[start:stop].tolist()):
+                    if quality:
+                        pixels[row] = torch.from_numpy(jpeg_roundtrip(pixels[row].numpy(), quality))
+            return order[start:stop], pixels
 
         for k, (idx, pixels) in enumerate(_prefetched(gather, len(bounds), self.prefetch)):
             start, stop = bounds[k]

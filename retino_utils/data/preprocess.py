@@ -1,5 +1,10 @@
-"""Write a cropped, square, resized copy of a dataset in the same layout (optionally Ben Graham's colour
-normalisation), so later epochs decode small images instead of 3,888 x 2,592 photos.
+"""Write a cropped, square, resized copy of a dataset in the same layout, prepared to one look, so later
+epochs decode small images instead of 3,888 x 2,592 photos.
+
+The preparations (``PREPARATIONS``): ``crop`` only; ``graham``, Ben Graham's local-average subtraction;
+``retina``, the same subtraction with each colour channel then scaled to one spread inside the retina,
+so a photo its publisher already contrast-enhanced (eyepacs-dev) and a raw camera photo reach the model
+with the same statistics; ``green``, that for the green channel alone, as grey.
 
 Each image keeps its relative path and format: JPEG at quality 95, PNG (APTOS) stays lossless PNG.
 The label CSVs of the layout used are copied unchanged, last (a folder holding two layouts, like
@@ -38,13 +43,32 @@ GRAHAM_MASK_RADIUS = 0.9  # share of the disc radius kept by --graham; the rim o
 MIN_SIZE = 16
 
 
+PREPARATIONS = {
+    "crop": "cropped to the disc and resized only",
+    "graham": "Ben Graham's local-average subtraction (4 x (photo - blur) + 128)",
+    "retina": "local average subtracted, each channel scaled to one spread inside the retina",
+    "green": "the green channel's local detail, scaled to one spread inside the retina, as grey",
+}
+RETINA_SPREAD = 32.0  # grey levels of one standard deviation of the detail inside the retina (retina, green)
+
+
 @dataclass(frozen=True)
 class PreprocessSettings:
     size: int
-    graham: bool
+    prepare: str
     layout: str
-    # 2: --graham averages over the retina only. A folder begun by another version is not resumed into.
-    version: int = 2
+    # 2: --graham averages over the retina only; 3: the preparation is named (crop, graham, retina, green).
+    # A folder begun by another version is not resumed into.
+    version: int = 3
+
+    @classmethod
+    def read(cls, values: dict) -> "PreprocessSettings":
+        """From a settings file, also one written before preparations had names (``graham: true|false``)."""
+        if "prepare" not in values:  # version 2 wrote the same pixels as version 3 does: it resumes
+            version = 3 if values.get("version") == 2 else values.get("version", 1)
+            values = {"size": values["size"], "prepare": "graham" if values.get("graham") else "crop",
+                      "layout": values["layout"], "version": version}
+        return cls(**values)
 
 
 @dataclass
@@ -126,55 +150,109 @@ def disc_circle(box: tuple[int, int, int, int], width: int, height: int, size: i
     return x, y, radius * scale
 
 
-def graham(
-    image: Image.Image,
-    photo: tuple[int, int, int, int] | None = None,
-    disc: tuple[float, float, float] | None = None,
-) -> Image.Image:
-    """Ben Graham's local-average subtraction: ``4*img - 4*blur + 128``, grey outside 90% of the disc.
-
-    As in his Kaggle 2015 code, sigma is the disc radius / 30 (the disc fills the square, so size/60).
-    The average is taken over valid pixels only, by normalised convolution, blur(img * valid) / blur(valid):
-    those inside ``photo`` (the box of the square that came from the photo, see ``photo_box``; default
-    the whole square) and inside 90% of ``disc`` (centre x, y and radius, see ``disc_circle``; default
-    centred, filling the square). So the black padding of a disc cut off at the top and bottom does not
-    leak into the retina along the cut. Everything outside the valid region is grey (128).
-    """
-    size = image.size[0]
+def retina_region(size: int, photo: tuple[int, int, int, int] | None = None,
+                  disc: tuple[float, float, float] | None = None) -> np.ndarray:
+    """[size, size] bool: the pixels inside ``photo`` (the box of the square that came from the photo, see
+    ``photo_box``; default the whole square) and inside 90% of ``disc`` (centre x, y and radius, see
+    ``disc_circle``; default centred, filling the square)."""
     left, top, right, bottom = photo or (0, 0, size, size)
     centre_x, centre_y, radius = disc or ((size - 1) / 2, (size - 1) / 2, size / 2)
     yy, xx = np.mgrid[:size, :size]
     valid = (yy - centre_y) ** 2 + (xx - centre_x) ** 2 <= (GRAHAM_MASK_RADIUS * radius) ** 2
-    valid &= (yy >= top) & (yy < bottom) & (xx >= left) & (xx < right)
+    return valid & (yy >= top) & (yy < bottom) & (xx >= left) & (xx < right)
+
+
+def local_average(channels: np.ndarray, valid: np.ndarray, size: int) -> np.ndarray:
+    """Gaussian average over valid pixels only (normalised convolution, blur(img * valid) / blur(valid)), so the
+    black padding of a disc cut off at the top and bottom does not leak into the retina along the cut. As in
+    Ben Graham's Kaggle 2015 code, sigma is the disc radius / 30 (the disc fills the ``size`` square, so
+    size/60)."""
+    mask = valid[..., None].astype(np.float32)
+    stacked = np.concatenate([channels * mask, mask], axis=2)
+    sums = ndimage.gaussian_filter(stacked, sigma=(size / 60, size / 60, 0), mode="constant")
+    return sums[..., :-1] / np.maximum(sums[..., -1:], 1e-6)
+
+
+def _inside_retina(image: Image.Image, photo, disc, prepare) -> Image.Image:
+    """Apply ``prepare(channels, mask, size) -> float values`` within the retina's bounding box; grey elsewhere.
+    Pixels outside the valid box weigh nothing: only the box is blurred, as if zero beyond it."""
+    size = image.size[0]
+    valid = retina_region(size, photo, disc)
     pixels = np.asarray(image, dtype=np.float32)
     channels = pixels.reshape(size, size, -1)
     out = np.full(channels.shape, 128, dtype=np.uint8)
     rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
     if len(rows):
-        # Pixels outside the valid box weigh nothing: blur only the box, as if zero beyond it.
         box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        mask = valid[box][..., None].astype(np.float32)
-        stacked = np.concatenate([channels[box] * mask, mask], axis=2)
-        sums = ndimage.gaussian_filter(stacked, sigma=(size / 60, size / 60, 0), mode="constant")
-        average = sums[..., :-1] / np.maximum(sums[..., -1:], 1e-6)
-        graded = np.clip(np.rint(4 * channels[box] - 4 * average + 128), 0, 255).astype(np.uint8)
-        out[box] = np.where(mask > 0, graded, 128)
+        inside = valid[box]
+        values = prepare(channels[box], inside, size)
+        graded = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        out[box] = np.where(inside[..., None], graded, 128)
     return Image.fromarray(out.reshape(pixels.shape))
 
 
-def prepared_photo(photo: Image.Image, size: int, use_graham: bool) -> Image.Image:
-    """Crop to the disc, pad to square, resize to ``size`` (and Graham's colour normalisation)."""
+def graham(
+    image: Image.Image,
+    photo: tuple[int, int, int, int] | None = None,
+    disc: tuple[float, float, float] | None = None,
+) -> Image.Image:
+    """Ben Graham's local-average subtraction: ``4*img - 4*blur + 128``, grey outside 90% of the disc
+    (``retina_region``; the average is ``local_average``)."""
+    return _inside_retina(image, photo, disc, lambda channels, valid, size: 4 * channels - 4 * local_average(
+        channels, valid, size) + 128)
+
+
+def standardised(
+    image: Image.Image,
+    photo: tuple[int, int, int, int] | None = None,
+    disc: tuple[float, float, float] | None = None,
+    green_only: bool = False,
+) -> Image.Image:
+    """The local detail (photo minus ``local_average``) of each channel, scaled so that its standard deviation
+    inside the retina is ``RETINA_SPREAD`` grey levels around 128; grey outside the retina.
+
+    Graham's fixed factor 4 saturates a photo whose contrast its publisher already raised and leaves a raw
+    camera photo grey: scaling by each photo's own spread gives both the same statistics. ``green_only``:
+    the green channel (where haemorrhages and exudates contrast most) for all three.
+    """
+
+    def scaled(channels: np.ndarray, valid: np.ndarray, size: int) -> np.ndarray:
+        detail = channels - local_average(channels, valid, size)
+        if green_only:
+            detail = np.repeat(detail[..., 1:2], 3, axis=2)
+        spread = detail[valid].std(axis=0)
+        return 128 + RETINA_SPREAD * detail / np.maximum(spread, 1e-3)
+
+    return _inside_retina(image, photo, disc, scaled)
+
+
+def prepared_photo(photo: Image.Image, size: int, prepare: str) -> Image.Image:
+    """Crop to the disc, pad to square, resize to ``size``, then ``prepare`` (see ``PREPARATIONS``)."""
+    return prepared_with_retina(photo, size, prepare)[0]
+
+
+def prepared_with_retina(photo: Image.Image, size: int, prepare: str) -> tuple[Image.Image, np.ndarray]:
+    """``prepared_photo`` and its retina (``retina_region``: where a preparation's statistics are taken)."""
+    check_preparation(prepare)
     box = disc_box(photo)
     crop = photo.crop(box)
     image = square_resize(crop, size)
-    if use_graham:
-        image = graham(image, photo_box(*crop.size, size), disc_circle(box, *photo.size, size))
-    return image
+    region = photo_box(*crop.size, size), disc_circle(box, *photo.size, size)
+    if prepare == "graham":
+        image = graham(image, *region)
+    elif prepare in ("retina", "green"):
+        image = standardised(image, *region, green_only=prepare == "green")
+    return image, retina_region(size, *region)
 
 
-def preprocess_image(src: Path, dst: Path, size: int, use_graham: bool) -> None:
+def check_preparation(prepare: str) -> None:
+    if prepare not in PREPARATIONS:
+        raise RetinoError(f"unknown preparation {prepare!r}: choose one of {', '.join(PREPARATIONS)}")
+
+
+def preprocess_image(src: Path, dst: Path, size: int, prepare: str) -> None:
     """``prepared_photo`` of ``src``, written to ``dst`` atomically in the format its suffix names."""
-    image = prepared_photo(load_rgb(src, draft_size=2 * size), size, use_graham)
+    image = prepared_photo(load_rgb(src, draft_size=2 * size), size, prepare)
     is_png = dst.suffix.lower() == ".png"
     with atomic_path(dst) as tmp:
         if is_png:
@@ -187,21 +265,22 @@ def preprocess(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     size: int = 512,
-    use_graham: bool = False,
+    prepare: str = "crop",
     workers: int | None = None,
     layout: str = "auto",
     progress: bool = True,
 ) -> PreprocessSummary:
     check_size(size)
+    check_preparation(prepare)
     src, dst = Path(src).resolve(), Path(dst).resolve()
     _check_folders(src, dst)
     layout = resolve_layout(src, layout)
-    settings = PreprocessSettings(size, use_graham, layout)
+    settings = PreprocessSettings(size, prepare, layout)
     _claim(dst, settings)
     remove_stale_temp_files(dst, recursive=True)  # left by a run killed while writing
     sources = sorted({path for split in SPLITS for path in read_split(src, split, layout).paths})
     pending = [path for path in sources if not (dst / path.relative_to(src)).exists()]
-    tasks = [(path, (path, dst / path.relative_to(src), size, use_graham)) for path in pending]
+    tasks = [(path, (path, dst / path.relative_to(src), size, prepare)) for path in pending]
     failed = []
     outcomes = parallel_map(preprocess_image, tasks, workers=workers, desc="preprocessing", progress=progress)
     try:
@@ -239,23 +318,27 @@ def _check_folders(src: Path, dst: Path) -> None:
 def copy_settings(folder: str | os.PathLike) -> PreprocessSettings | None:
     """How ``preprocess`` wrote ``folder`` (its settings file), or None for a folder it did not write."""
     marker = Path(folder) / SETTINGS_FILE
-    return PreprocessSettings(**json.loads(marker.read_text())) if marker.is_file() else None
+    return PreprocessSettings.read(json.loads(marker.read_text())) if marker.is_file() else None
 
 
-def is_graham_copy(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` was written by ``preprocess --graham``."""
-    settings = copy_settings(folder)
-    return settings is not None and settings.graham
+def preparation_of(folder: str | os.PathLike) -> str | None:
+    """The preparation of a copy written by ``preprocess`` (its root or its ``images/``), or None for photos as
+    a camera took them."""
+    for candidate in (Path(folder), Path(folder).parent):
+        settings = copy_settings(candidate)
+        if settings is not None:
+            return settings.prepare
+    return None
 
 
 def _claim(dst: Path, settings: PreprocessSettings) -> None:
     """Record the settings in DST; resuming with other settings would mix two kinds of images."""
     marker = dst / SETTINGS_FILE
     if marker.is_file():
-        previous = json.loads(marker.read_text())
-        if previous != asdict(settings):
+        previous = copy_settings(dst)
+        if previous != settings:
             raise RetinoError(
-                f"{dst} holds images preprocessed with {previous}, not {asdict(settings)}: "
+                f"{dst} holds images preprocessed with {asdict(previous)}, not {asdict(settings)}: "
                 "use another destination, or delete it to start over"
             )
         return

@@ -1,4 +1,5 @@
-"""What the data-statistics notebook shows: counts per grade, sample photos, sizes, channel stats."""
+"""What the data-statistics notebook shows: counts per grade, sample photos, sizes, channel stats, and
+what each preparation makes of photos from different sources."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pandas as pd
 from PIL import Image
 
 from .. import GRADE_NAMES, GRADES
-from .images import load_resized
+from .images import load_resized, load_rgb
 from .layouts import SplitIndex
+from .preprocess import prepared_with_retina
 from .stats import ChannelStats
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, REPORT_MEAN, REPORT_STD
 
@@ -72,3 +74,31 @@ def synthetic_record(root) -> dict | None:
     """How a synthetic dataset was generated (its ``synthetic.json``), or None for real photos."""
     record = Path(root) / "synthetic.json"
     return json.loads(record.read_text()) if record.is_file() else None
+
+
+def preparation_comparison(sources: Mapping[str, Sequence[Path]], preparations: Sequence[str], size: int = 256,
+                           per_source: int = 40, shown: int = 5,
+                           seed: int = 0) -> tuple[dict[str, list[np.ndarray]], pd.DataFrame]:
+    """The same ``shown`` photos of each source under each preparation (rows ``"<source> · <preparation>"``, by
+    preparation), and a table of the channel statistics inside the retina of ``per_source`` photos (drawn
+    reproducibly): one look for every source means equal rows there.
+
+    Statistics per photo (mean and standard deviation of each channel over its retina), then their mean over
+    the source's photos; the spread is what a model sees as contrast.
+    """
+    rng = np.random.default_rng(seed)
+    photos_of = {source: [load_rgb(paths[i], draft_size=2 * size)
+                          for i in sorted(rng.choice(len(paths), min(per_source, len(paths)), replace=False))]
+                 for source, paths in sources.items()}
+    samples, rows = {}, []
+    for prepare in preparations:
+        for source, photos in photos_of.items():
+            prepared = [prepared_with_retina(photo, size, prepare) for photo in photos]
+            samples[f"{source} · {prepare}"] = [np.asarray(image) for image, _ in prepared[:shown]]
+            inside = [np.asarray(image, dtype=np.float64)[retina] for image, retina in prepared]
+            means = np.array([pixels.mean(axis=0) for pixels in inside])
+            spreads = np.array([pixels.std(axis=0) for pixels in inside])
+            rows.append({"source": source, "preparation": prepare, "photos": len(photos),
+                         **{f"{c} mean": means[:, k].mean() for k, c in enumerate("RGB")},
+                         **{f"{c} spread": spreads[:, k].mean() for k, c in enumerate("RGB")}})
+    return samples, pd.DataFrame(rows).set_index(["preparation", "source"]).round(1)

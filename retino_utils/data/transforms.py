@@ -6,6 +6,7 @@ so both paths apply exactly the same maths to the same draws, on a whole batch, 
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -13,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..errors import RetinoError
 from .images import ImageSource, load_resized, load_rgb
@@ -24,12 +26,15 @@ REPORT_MEAN = (0.3749, 0.2602, 0.1857)
 REPORT_STD = (0.2526, 0.1780, 0.1291)
 
 Stats = Sequence[float]
+JPEG_TOP_QUALITY = 95  # the best quality a JPEG augmentation draws (what preprocess writes)
 
 
 @dataclass
 class AugmentChoices:
     """Per-sample draws, each of shape [B]: flips (bool), rotation angle in degrees, and optionally zoom
-    factor, shift (shares of the image size) and brightness/contrast factors (float32; None = identity)."""
+    factor, shift (shares of the image size), brightness/contrast factors, gamma, saturation factor, blur
+    (Gaussian sigma in pixels; negative = sharpen by as much) and JPEG quality (0 = not re-encoded)
+    (None = identity)."""
 
     hflip: torch.Tensor
     vflip: torch.Tensor
@@ -39,6 +44,10 @@ class AugmentChoices:
     shift_y: torch.Tensor | None = None
     brightness: torch.Tensor | None = None
     contrast: torch.Tensor | None = None
+    gamma: torch.Tensor | None = None
+    saturation: torch.Tensor | None = None
+    blur: torch.Tensor | None = None
+    jpeg: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.hflip)
@@ -48,10 +57,13 @@ class AugmentChoices:
 
 
 def sample_choices(n: int, generator: torch.Generator, hflip: bool = True, vflip: bool = True, rotation: float = 0.0,
-                   scale: float = 0.0, shift: float = 0.0, color: float = 0.0) -> AugmentChoices:
+                   scale: float = 0.0, shift: float = 0.0, color: float = 0.0, gamma: float = 0.0,
+                   saturation: float = 0.0, blur: float = 0.0, jpeg: int = 0) -> AugmentChoices:
     """Each flip with p=0.5 (when enabled); angle uniform in [-rotation, rotation] (zeros when 0); zoom in
-    [1 - scale, 1 + scale], shifts in [-shift, shift], brightness and contrast in [1 - color, 1 + color]
-    (drawn only when enabled, so the draws of the other settings do not change)."""
+    [1 - scale, 1 + scale], shifts in [-shift, shift], brightness and contrast in [1 - color, 1 + color];
+    gamma exp(u) with u in [-gamma, gamma]; saturation in [1 - saturation, 1 + saturation]; blur sigma in
+    [-blur, blur] px (negative sharpens); for half the samples a JPEG quality in [jpeg, 95] (drawn only
+    when enabled, in this order, so the draws of the other settings do not change)."""
 
     def coin(enabled: bool) -> torch.Tensor:
         return torch.rand(n, generator=generator) < 0.5 if enabled else torch.zeros(n, dtype=torch.bool)
@@ -61,8 +73,15 @@ def sample_choices(n: int, generator: torch.Generator, hflip: bool = True, vflip
 
     flips_h, flips_v = coin(hflip), coin(vflip)
     angle = around(0.0, rotation)
-    return AugmentChoices(flips_h, flips_v, torch.zeros(n) if angle is None else angle, around(1.0, scale),
-                          around(0.0, shift), around(0.0, shift), around(1.0, color), around(1.0, color))
+    choices = AugmentChoices(flips_h, flips_v, torch.zeros(n) if angle is None else angle, around(1.0, scale),
+                             around(0.0, shift), around(0.0, shift), around(1.0, color), around(1.0, color))
+    log_gamma = around(0.0, gamma)
+    choices.gamma = None if log_gamma is None else torch.exp(log_gamma)
+    choices.saturation, choices.blur = around(1.0, saturation), around(0.0, blur)
+    if jpeg:
+        quality = torch.randint(int(jpeg), JPEG_TOP_QUALITY + 1, (n,), generator=generator)
+        choices.jpeg = torch.where(coin(True), quality, torch.zeros_like(quality))
+    return choices
 
 
 def normalize_batch(x_uint8: torch.Tensor, mean: Stats, std: Stats) -> torch.Tensor:
@@ -88,6 +107,13 @@ def augment_batch(x_uint8: torch.Tensor, choices: AugmentChoices, mean: Stats, s
         x = x.index_copy(0, rows, warp(x[rows], choices.angle[moved], scale[moved], shift_x[moved], shift_y[moved]))
     if choices.brightness is not None or choices.contrast is not None:
         x = recolour(x, _or(choices.brightness, 1.0, n).to(device), _or(choices.contrast, 1.0, n).to(device))
+    if choices.gamma is not None:
+        x = (x / 255).clamp_(min=0).pow_(choices.gamma.to(device).view(-1, 1, 1, 1)).mul_(255)
+    if choices.saturation is not None:
+        grey = x.mean(dim=1, keepdim=True)
+        x = ((x - grey) * choices.saturation.to(device).view(-1, 1, 1, 1) + grey).clamp_(0, 255)
+    if choices.blur is not None:
+        x = blur_or_sharpen(x, choices.blur.to(device))
     out = _normalize(x, mean, std)
     if x_uint8.is_contiguous(memory_format=torch.channels_last) and not x_uint8.is_contiguous():
         out = out.contiguous(memory_format=torch.channels_last)
@@ -103,6 +129,32 @@ def recolour(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor) 
     x = x * brightness.view(-1, 1, 1, 1)
     centre = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - centre) * contrast.view(-1, 1, 1, 1) + centre).clamp_(0, 255)
+
+
+def blur_or_sharpen(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur of each float image [B,C,H,W] by its ``sigma`` (pixels); a negative sigma sharpens by as
+    much (unsharp mask: the image plus its difference to the blur). One grouped, separable convolution."""
+    batch, channels, height, width = x.shape
+    strength = sigma.abs().clamp(min=1e-3).to(torch.float32)
+    radius = max(1, int(math.ceil(3 * float(strength.max()))))
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (taps[None, :] / strength[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # [B*C, taps]
+    flat = x.reshape(1, batch * channels, height, width)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :],
+                    groups=batch * channels)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None],
+                    groups=batch * channels)
+    blurred = flat.reshape(batch, channels, height, width)
+    sharpen = (sigma < 0).view(-1, 1, 1, 1)
+    return torch.where(sharpen, (2 * x - blurred).clamp(0, 255), blurred)
+
+
+def jpeg_roundtrip(pixels: np.ndarray, quality: int) -> np.ndarray:
+    """An (H, W, 3) uint8 image as it comes back from a JPEG at ``quality`` (camera and export artefacts)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=int(quality))
+    return np.array(Image.open(buffer).convert("RGB"))  # a writable copy (torch.from_numpy warns otherwise)
 
 
 def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:

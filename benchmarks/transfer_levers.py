@@ -1,0 +1,149 @@
+"""Which preparation and which training levers carry a model to another camera: each judged twice.
+
+Trains ResNet-18 from scratch with ``--recipe best-cpu`` on the training photos of
+``../shared/data/eyepacs-dev`` (lab split) once per variant, and judges every variant on two views:
+its own validation split (10% of the training patients, an internal view: the source it learns from,
+whose photos their publisher contrast-enhanced) and ``../shared/data/clinical-ext-dev`` (140 raw photos
+of another camera and population, graded by ophthalmologists, never trained on: the external view),
+graded as ``predict --preprocess`` grades new photos (the run's own preparation and cut points). The
+test split is not read. Each figure has its 95% patient-bootstrap interval, and each variant its paired
+difference to the variant it changes (same photos on both sides), internally and externally; a lever
+that helps one view and hurts the other shows it.
+
+Variants: the preparation of the photos (``graham``, today's; ``retina``, each channel's local detail
+scaled to one spread inside the retina; ``green``, the green channel's), then robustness levers on
+``retina``: brightness/contrast, gamma, saturation, blur/sharpening, JPEG re-encoding, and all of them.
+
+    python benchmarks/transfer_levers.py                           # every variant; hours on a 2-core CPU
+    python benchmarks/transfer_levers.py --only graham retina --device cuda
+
+Runs are kept under ``--out``: an interrupted study resumes, a finished one reprints its table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from _common import (EXTERNAL_DATA, external_table, parse_study, prepared_copy, real_data_parser,
+                     run_on_real_data)
+from cpu_levers import ValidationGrader, summarise
+
+from retino_utils.config import TrainConfig
+from retino_utils.errors import RetinoError, run_cli
+from retino_utils.results import load_run, signed_interval, with_interval
+from retino_utils.train import fit
+
+ROBUST = {"color": 0.3, "gamma": 0.4, "saturation": 0.5, "blur": 1.0, "jpeg": 30}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    label: str
+    prepare: str
+    settings: dict = dataclasses.field(default_factory=dict)  # over the recipe
+    versus: str | None = None  # the variant it changes one thing of
+
+
+VARIANTS = {
+    "graham": Variant("best-cpu on Graham-normalised photos (today's)", "graham"),
+    "retina": Variant("prepared: each channel scaled to one spread in the retina", "retina", versus="graham"),
+    "green": Variant("prepared: the green channel's detail, as grey", "green", versus="graham"),
+    **{f"retina+{name}": Variant(f"retina + {name} {value}", "retina", {name: value}, "retina")
+       for name, value in ROBUST.items()},
+    "retina+robust": Variant("retina + all of: " + ", ".join(f"{k} {v}" for k, v in ROBUST.items()), "retina",
+                             ROBUST, "retina"),
+}
+
+
+def lineage(name: str) -> list[str]:
+    """The variants ``name`` is compared with, oldest first, then itself: each is trained before its changes."""
+    versus = VARIANTS[name].versus
+    return [*lineage(versus), name] if versus else [name]
+
+
+def variant_config(name: str, args) -> TrainConfig:
+    variant = VARIANTS[name]
+    settings = dict(variant.settings)
+    if args.image_size:  # a quicker screen: one size throughout
+        settings.update(image_size=args.image_size, sizes="")
+    if args.epochs:
+        settings.update(epochs=args.epochs)
+    if args.smoke:
+        settings.update(epochs=2, image_size=32, batch_size=8, sizes="", bootstrap=50)
+    photos = prepared_copy(args, variant.prepare)
+    return TrainConfig.with_recipe("best-cpu", data=str(photos), out=str(args.out / name), seed=args.seed,
+                                   progress=args.progress, resume=True, device=args.device, **settings)
+
+
+def external_scores(config: TrainConfig, external: Path) -> dict:
+    """The run graded on every photo of ``external`` as ``predict --preprocess`` grades new photos."""
+    table, _ = external_table(config.out, external, config.device)
+    return {"scores": table["score"].to_numpy(), "grades": table["pred_grade"].to_numpy(),
+            "labels": table["true_grade"].to_numpy(), "names": table["name"].tolist()}
+
+
+def run(args) -> dict:
+    start = time.perf_counter()
+    names = list(dict.fromkeys(name for wanted in args.only or VARIANTS for name in lineage(wanted)))
+    external = args.data if args.smoke else args.external  # smoke: the synthetic photos, raw, stand in
+    if not external.is_dir():
+        raise RetinoError(f"no external set at {external}: pass --external DIR (clinical-ext-dev)")
+    internal, outside, rows = {}, {}, {}
+    for name in names:
+        variant, config = VARIANTS[name], variant_config(name, args)
+        print(f"\n== {name}: {variant.label} -> {config.out}", flush=True)
+        fit(config)
+        internal[name] = ValidationGrader(config).scores(frequencies=True)
+        reference = variant.versus
+        row = {"label": variant.label, "prepare": variant.prepare, "settings": variant.settings,
+               "compared_with": reference,
+               "training_minutes": float(load_run(config.out).history["seconds"].sum() / 60),
+               "internal": summarise(variant.label, internal[name], internal.get(reference), args.resamples)}
+        outside[name] = external_scores(config, external)
+        row["external"] = summarise(variant.label, outside[name], outside.get(reference), args.resamples)
+        rows[name] = row
+    return {"data": str(args.data), "external": str(external), "recipe": "best-cpu", "variants": rows,
+            "overrides": {"image_size": args.image_size, "epochs": args.epochs},
+            "validation_photos": len(next(iter(internal.values()))["labels"]),
+            "external_photos": len(next(iter(outside.values()))["labels"]),
+            "minutes": (time.perf_counter() - start) / 60}
+
+
+def print_table(results: dict) -> None:
+    overrides = ", ".join(f"{k} {v}" for k, v in results["overrides"].items() if v) or "none"
+    print(f"\n--recipe best-cpu (overridden: {overrides}) on {results['data']}; internal: its validation split "
+          f"({results['validation_photos']} photos, cut at the training grade frequencies); external: "
+          f"{results['external']} ({results['external_photos']} photos, graded as predict --preprocess does); the "
+          f"test split is not read; "
+          f"{results['minutes']:.1f} minutes in all. vs: paired difference to the variant named")
+    print(f"{'':<40}{'min':>6} {'int. QWK':>22} {'int. refAUC':>22} {'vs':>22}  {'ext. QWK':>22} "
+          f"{'ext. refAUC':>22} {'vs':>22}")
+    for name, row in results["variants"].items():
+        cells = []
+        for view in ("internal", "external"):
+            figures = row[view]
+            cells += [with_interval(figures["qwk"], figures["qwk_interval"]),
+                      with_interval(figures["referable_auc"], figures["auc_interval"]),
+                      signed_interval(figures["auc_difference"]) if "auc_difference" in figures else ""]
+        print(f"{name:<40}{row['training_minutes']:>6.1f} " + " ".join(f"{cell:>22}" for cell in cells[:3])
+              + "  " + " ".join(f"{cell:>22}" for cell in cells[3:]))
+        if row["compared_with"]:
+            print(f"{'':<40}       (vs {row['compared_with']})")
+
+
+def main(argv=None) -> int:
+    parser = real_data_parser(__doc__.split("\n\n")[0], "transfer_levers",
+                              "tiny synthetic data, 32 px, 2 epochs per variant, graded raw as the external set "
+                              "(for CI)")
+    parser.add_argument("--external", type=Path, default=EXTERNAL_DATA,
+                        help="photos of another source, never trained on (default %(default)s)")
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (and those they change)")
+    parser.add_argument("--image-size", type=int, help="train at this one size instead of the recipe's schedule")
+    parser.add_argument("--epochs", type=int, help="instead of the recipe's 40")
+    return run_on_real_data(parse_study(parser, argv), run, print_table)
+
+
+if __name__ == "__main__":
+    run_cli(main)
