@@ -196,7 +196,7 @@ def _train_locked(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.Da
 
     parts.use_size(config.image_size)
     predictions, metrics = _score_kept_checkpoint(parts, folder.best_state(), best)
-    metrics.update(data_fingerprint=fingerprint, precision=parts.precision)
+    metrics.update(data_fingerprint=fingerprint, arithmetic=parts.precision)  # "precision" is per grade
     folder.finish(predictions, metrics)
     summary = (f"kept epoch {best['epoch']} ({column} {best['value']:.4f}); test, scored once: "
                f"acc {metrics['accuracy']:.2%} qwk {metrics['qwk']:.3f} macro-F1 {metrics['macro_f1']:.3f}; "

@@ -72,7 +72,7 @@ def test_fp16_with_a_scaler_trains_and_resumes_bit_identically(tiny_dataset, tmp
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     import json
 
-    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["precision"] == "fp16"
+    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["arithmetic"] == "fp16"
 
 
 def test_running_out_of_gpu_memory_names_a_batch_that_fits(tiny_dataset, tmp_path, monkeypatch):
