@@ -222,6 +222,8 @@ def test_a_failing_notebook_fails_the_build(tmp_path):
     pipeline = load_pipeline()
     pipeline["notebooks"] = [{"step": "broken", "notebook": str(broken), "parameters": {"figures_dir": "{figures}"}}]
     pipeline["runs"] = {}
+    for profile in pipeline["profiles"].values():
+        profile["runs"] = {}  # overrides of runs that are gone
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     result = run_report("--pipeline", tmp_path / "pipeline.yaml", "--profile", "smoke", "--out", tmp_path / "out",
                         env={"RETINO_CACHE": str(tmp_path / "cache")})
