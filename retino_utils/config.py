@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import typing
@@ -35,10 +36,10 @@ def setting(default, help: str):
 
 # Settings that change how a run is executed but not what it computes: a resumed run may differ in them.
 RUNTIME_FIELDS = ("out", "resume", "device", "progress", "workers", "compile")
-REGRESSION_LOSSES = ("mse", "smooth_l1")
+REGRESSION_LOSSES = ("mse", "smooth_l1")  # losses that train the one-output (ordinal regression) head
 MIN_IMAGE_SIZE = 16  # the smallest side the ResNets still reduce to a 1 x 1 feature map
 PATH_FIELDS = ("data", "out")  # stored absolute: a relative path means another folder elsewhere
-TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "none"}  # losses that train the one-output (ordinal regression) head
+TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "none"}
 
 
 @dataclass
@@ -159,25 +160,19 @@ class TrainConfig:
     def _check_types(self) -> None:
         """Each value of the type its field declares (YAML and notebooks pass anything): one line if not."""
         for name, hint in typing.get_type_hints(type(self)).items():
-            value = getattr(self, name)
             if typing.get_origin(hint) is Literal:
                 continue  # checked against its choices below
-            allowed = {arg for arg in typing.get_args(hint)} or {hint}
-            if value is None and type(None) in allowed:
+            value, kinds = getattr(self, name), set(typing.get_args(hint)) or {hint}
+            if value is None and type(None) in kinds:
                 continue
-            if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, name, float(value))
-                continue
-            if float in allowed and isinstance(value, str):
-                try:  # YAML reads 1e-3 (no dot) as text
+            if float in kinds and isinstance(value, (int, str)) and not isinstance(value, bool):
+                with contextlib.suppress(ValueError):  # an int, or text: YAML reads 1e-3 (no dot) as text
                     setattr(self, name, float(value))
                     continue
-                except ValueError:
-                    pass
-            if any(isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-                   for kind in allowed if kind is not type(None)):
+            # bool is an int to Python: true or false passes only where the field is a bool
+            if isinstance(value, bool) == (bool in kinds) and isinstance(value, tuple(kinds - {type(None)})):
                 continue
-            wanted = " or ".join(TYPE_NAMES.get(kind, kind.__name__) for kind in allowed)
+            wanted = " or ".join(TYPE_NAMES.get(kind, kind.__name__) for kind in kinds)
             raise RetinoError(f"setting {name} must be {wanted}, got {value!r}")
 
     def size_stages(self) -> list[tuple[int, int]]:

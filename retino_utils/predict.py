@@ -340,8 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise RetinoError(f"--prepare {args.prepare} applies to --preprocess: add --preprocess (or drop it)")
     check_outputs(args.out, args.cam)
     predictor = Predictor.from_run(args.run_dir, args.device, args.batch_size)
-    fingerprint = predictor.metrics.get("data_fingerprint") or recorded_fingerprint(args.run_dir)
-    inputs = read_inputs(args.input, args.split, predictor.config, fingerprint)
+    inputs = read_inputs(args.input, args.split, predictor.config, recorded_fingerprint(args.run_dir))
     prepare = (args.prepare or predictor.preparation) if args.preprocess else None
     if note := preparation_note(args.run_dir, predictor.config, inputs.paths, prepare):
         print(note, file=sys.stderr)

@@ -30,11 +30,11 @@ from .errors import RetinoError, WeightsUnavailableError, run_cli
 from .events import read_events
 from .paths import BUILD_DIR, FIGURES_DIR, NOTEBOOKS_DIR, PACKAGE_DIR
 from .pipeline import PIPELINE_FILE, load_pipeline, run_settings, runs_in_group
+from .data import dataset_fingerprint
+from .data.preprocess import preprocess
 from .render import export_pdf, find_chromium, render_report
 from .results import load_run
-from .run_safety import RunLock, holds_run, in_use_message, run_changes, supersede
-from .run_safety import data_fingerprint as run_data_fingerprint
-from .data.preprocess import preprocess
+from .run_safety import RunLock, data_fingerprint, holds_run, in_use_message, run_changes, supersede
 from .synthetic import profile_dataset
 
 KERNEL = "python3"
@@ -138,13 +138,6 @@ def step_hash(step: Step, code: str, data_fingerprint: str, upstream: dict[str, 
     return digest.hexdigest()[:20]
 
 
-def data_fingerprint(data_dir: Path) -> str:
-    """The data as the notebooks see it (default split settings): a change re-executes every step."""
-    from .data import dataset_fingerprint
-
-    return dataset_fingerprint(data_dir)
-
-
 def run_config(step: Step, data_dir: Path) -> TrainConfig:
     return TrainConfig.from_settings(step.settings, data=str(data_dir), out=step.parameters["run_dir"])
 
@@ -159,7 +152,7 @@ def set_aside_changed_run(step: Step, data_dir: Path, force: bool) -> None:
         supersede(run_dir, "--force retrains it")
         return
     wanted = run_config(step, data_dir)
-    changes = run_changes(run_dir, wanted, run_data_fingerprint(wanted))
+    changes = run_changes(run_dir, wanted, data_fingerprint(wanted))
     if changes:
         supersede(run_dir, f"changed since it was trained ({'; '.join(changes)})")
 
@@ -260,6 +253,10 @@ class ReportContext:
     device: str
     source_dir: Path | None = None  # the data as given, where the profile prepares a copy of it
 
+    @property
+    def given_data(self) -> Path:
+        return self.source_dir or self.data_dir
+
 
 def resolve_context(pipeline: dict, profile: str, data: str | None, out: str | None, device: str) -> ReportContext:
     if profile not in pipeline["profiles"]:
@@ -286,9 +283,9 @@ def resolve_context(pipeline: dict, profile: str, data: str | None, out: str | N
 def prepare_data(ctx: ReportContext, pipeline: dict) -> None:
     profile = pipeline["profiles"][ctx.profile]
     spec = profile.get("synthetic")
-    if spec and (ctx.source_dir or ctx.data_dir) == ctx.out / "data":
-        print(f"[data] synthetic fundus photos in {ctx.out / 'data'}", flush=True)
-        profile_dataset(spec, ctx.out / "data")
+    if spec and ctx.given_data == ctx.out / "data":
+        print(f"[data] synthetic fundus photos in {ctx.given_data}", flush=True)
+        profile_dataset(spec, ctx.given_data)
     if ctx.source_dir is not None:
         prepared = profile["prepare"]
         print(f"[data] {ctx.source_dir} prepared as {prepared['preparation']} at {prepared['size']} px in "
@@ -321,7 +318,7 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
         raise RetinoError("report --pdf prints with Chromium, which is not installed: apt-get install chromium "
                           "(Debian/Ubuntu), then run the same command (finished steps are skipped), or drop --pdf")
     prepare_data(ctx, pipeline)
-    fingerprint = data_fingerprint(ctx.data_dir)
+    fingerprint = dataset_fingerprint(ctx.data_dir)  # as the notebooks see it: a change re-executes every step
     code = package_digest()
     for folder in ("notebooks", "steps"):
         (ctx.out / folder).mkdir(parents=True, exist_ok=True)

@@ -56,9 +56,9 @@ class RunFolder:
         """How to continue the run with its own settings: its config.yaml, unless that was edited since."""
         command = f"python -m retino_utils.train --config {self.out / 'config.yaml'} --resume"
         try:
-            edited = setting_changes(trained, load_config(self.out / "config.yaml"))
-        except RetinoError:
-            edited = ["unreadable"]
+            edited = bool(setting_changes(trained, load_config(self.out / "config.yaml")))
+        except RetinoError:  # unreadable: edited too
+            edited = True
         if edited:
             return (f"continue that run with its own settings: put the values before the arrows back into "
                     f"{self.out / 'config.yaml'} (edited since it trained), then {command}")

@@ -228,11 +228,17 @@ def standardised(
 
 def prepared_photo(photo: Image.Image, size: int, prepare: str) -> Image.Image:
     """Crop to the disc, pad to square, resize to ``size``, then ``prepare`` (see ``PREPARATIONS``)."""
-    return prepared_with_retina(photo, size, prepare)[0]
+    return _prepared(photo, size, prepare)[0]
 
 
 def prepared_with_retina(photo: Image.Image, size: int, prepare: str) -> tuple[Image.Image, np.ndarray]:
     """``prepared_photo`` and its retina (``retina_region``: where a preparation's statistics are taken)."""
+    image, region = _prepared(photo, size, prepare)
+    return image, retina_region(size, *region)
+
+
+def _prepared(photo: Image.Image, size: int, prepare: str) -> tuple[Image.Image, tuple]:
+    """The prepared square and its region (``photo_box``, ``disc_circle``)."""
     check_preparation(prepare)
     box = disc_box(photo)
     crop = photo.crop(box)
@@ -242,7 +248,7 @@ def prepared_with_retina(photo: Image.Image, size: int, prepare: str) -> tuple[I
         image = graham(image, *region)
     elif prepare in ("retina", "green"):
         image = standardised(image, *region, green_only=prepare == "green")
-    return image, retina_region(size, *region)
+    return image, region
 
 
 def check_preparation(prepare: str) -> None:
