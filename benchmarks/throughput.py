@@ -8,11 +8,15 @@ For each architecture, at one resolution, on the same images and device, interle
    on the device, bf16 autocast + channels_last where the hardware has native bf16 (fp32 +
    channels_last elsewhere);
 3. ceiling: the training step alone on a batch already on the device, same precision as 2.
+4. with ``--compile``, instead of 1: 2 again with the model ``torch.compile``d, timed in the same
+   rounds, and the seconds its first steps took beyond two compiled steps (the compilation).
 
-Prints images/s (medians), the speed-up 2/1 and the efficiency 2/3; ``--json`` writes them.
+Prints images/s (medians), the speed-up 2/1 and the efficiency 2/3, or with ``--compile`` the
+speed-up 4/2 and after how many training images compiling has paid for itself; ``--json`` writes them.
 
     python benchmarks/throughput.py                  # 128 px on a CPU, 512 px on a GPU
     python benchmarks/throughput.py --size 224 --archs resnet18 --json out.json
+    python benchmarks/throughput.py --compile        # eager against compiled, in one run
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import tempfile
+
+# Compile from cold, as a user's first run does: Inductor's on-disk cache would otherwise hide the cost.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="throughput-inductor-"))
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -87,6 +94,14 @@ class Pipeline:
         self.optimizer.step()
         return len(y)
 
+    def warm_up(self) -> float:
+        """Seconds of the first two steps: allocations, kernel selection and, when compiled, compilation."""
+        start = time.perf_counter()
+        self.step()
+        self.step()
+        _sync(self.device)
+        return time.perf_counter() - start
+
     def rate(self, steps: int) -> float:
         self.step()  # the first batch after a switch pays for cache misses and allocator work
         _sync(self.device)
@@ -123,35 +138,52 @@ def measure(args) -> dict:
         cache_rate = len(index) / (time.perf_counter() - start)
         print(f"{source}: {len(index)} images; cache built at {cache_rate:.0f} images/s; {device}, {size} px, "
               f"batch {args.batch_size}; ours in {PRECISION_LABELS[precision]}"
-              f"{' + channels_last' if channels_last else ''}{' + torch.compile' if args.compile else ''}", flush=True)
+              f"{' + channels_last' if channels_last else ''}{'; eager and torch.compile' if args.compile else ''}",
+              flush=True)
         results = {"device": str(device), "device_name": _device_name(device), "images": source,
                    "size": size, "batch_size": args.batch_size, "precision": precision, "channels_last": channels_last,
                    "compile": args.compile,
                    "cache_build_images_per_s": cache_rate, "archs": {}}
         mean, std = data.normalization("report")
         for arch in args.archs:
-            reference_loader = DataLoader(ReportsDataset(index, size), batch_size=args.batch_size, shuffle=True,
-                                          num_workers=args.reference_workers, drop_last=True)
             ours_loader = data.BatchLoader(cache, args.batch_size, shuffle=True, augment=True, mean=mean, std=std,
                                            device=device, channels_last=channels_last, drop_last=True)
             fixed = next(iter(ours_loader))
-            pipelines = [
-                Pipeline("reference", arch, endless(reference_loader), device, False, False),
-                Pipeline("ours", arch, endless(ours_loader), device, precision, channels_last, args.compile),
-                Pipeline("ceiling", arch, itertools.repeat(fixed), device, precision, channels_last, args.compile),
-            ]
-            for pipeline in pipelines:  # first steps: allocations, kernel selection, compilation
-                pipeline.rate(1)
+            pipelines = [Pipeline("ours", arch, endless(ours_loader), device, precision, channels_last),
+                         Pipeline("ceiling", arch, itertools.repeat(fixed), device, precision, channels_last)]
+            if args.compile:
+                # Without the reference: once this process had compiled, the reference's PIL pipeline ran 40x
+                # slower (1.9 images/s), which says nothing about either. Compiled first, before loader threads.
+                pipelines.insert(0, Pipeline("compiled", arch, endless(ours_loader), device, precision,
+                                             channels_last, compiled=True))
+            else:
+                reference_loader = DataLoader(ReportsDataset(index, size), batch_size=args.batch_size, shuffle=True,
+                                              num_workers=args.reference_workers, drop_last=True)
+                pipelines.insert(0, Pipeline("reference", arch, endless(reference_loader), device, False, False))
+            warm_up = {p.name: p.warm_up() for p in pipelines}
             rates = {p.name: [] for p in pipelines}
             for _ in range(args.repeats):
-                for pipeline in pipelines:  # interleaved, so drifts of a noisy machine hit all three alike
+                for pipeline in pipelines:  # interleaved, so drifts of a noisy machine hit all of them alike
                     rates[pipeline.name].append(pipeline.rate(args.steps))
             medians = {name: statistics.median(values) for name, values in rates.items()}
-            results["archs"][arch] = {**{f"{k}_images_per_s": v for k, v in medians.items()},
-                                      "speedup": medians["ours"] / medians["reference"],
-                                      "efficiency": medians["ours"] / medians["ceiling"], "repeats": rates}
+            figures = {**{f"{k}_images_per_s": v for k, v in medians.items()},
+                       "efficiency": medians["ours"] / medians["ceiling"], "repeats": rates}
+            if args.compile:
+                first_steps = 2 * args.batch_size / medians["compiled"]  # what they take once compiled
+                figures.update(compile_payback(warm_up["compiled"] - first_steps, medians["ours"],
+                                               medians["compiled"]))
+            else:
+                figures["speedup"] = medians["ours"] / medians["reference"]
+            results["archs"][arch] = figures
             print(f"  {arch}: " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items()) + " images/s", flush=True)
     return results
+
+
+def compile_payback(compile_s: float, eager_rate: float, compiled_rate: float) -> dict:
+    """The compiled speed-up and how many training images it takes to earn back the compilation."""
+    saved_per_image = 1 / eager_rate - 1 / compiled_rate
+    return {"compile_s": compile_s, "compile_speedup": compiled_rate / eager_rate,
+            "payback_images": compile_s / saved_per_image if saved_per_image > 0 else None}
 
 
 def _device_name(device) -> str:
@@ -163,10 +195,17 @@ def _device_name(device) -> str:
 
 def print_table(results: dict) -> None:
     print(f"\ntraining throughput, {results['device_name']}, {results['size']} px, batch {results['batch_size']}")
-    print(f"{'model':<10}{'reference':>12}{'ours':>10}{'ceiling':>10}{'ours/ref':>10}{'ours/ceil':>11}")
-    for arch, r in results["archs"].items():
-        print(f"{arch:<10}{r['reference_images_per_s']:>12.1f}{r['ours_images_per_s']:>10.1f}"
-              f"{r['ceiling_images_per_s']:>10.1f}{r['speedup']:>9.2f}x{r['efficiency']:>11.2f}")
+    if results["compile"]:
+        print(f"{'model':<10}{'eager':>10}{'compiled':>10}{'speed-up':>10}{'compile s':>11}{'pays back after':>22}")
+        for arch, r in results["archs"].items():
+            payback = "never" if r["payback_images"] is None else f"{r['payback_images']:,.0f} images"
+            print(f"{arch:<10}{r['ours_images_per_s']:>10.1f}{r['compiled_images_per_s']:>10.1f}"
+                  f"{r['compile_speedup']:>9.2f}x{r['compile_s']:>11.1f}{payback:>22}")
+    else:
+        print(f"{'model':<10}{'reference':>12}{'ours':>10}{'ceiling':>10}{'ours/ref':>10}{'ours/ceil':>11}")
+        for arch, r in results["archs"].items():
+            print(f"{arch:<10}{r['reference_images_per_s']:>12.1f}{r['ours_images_per_s']:>10.1f}"
+                  f"{r['ceiling_images_per_s']:>10.1f}{r['speedup']:>9.2f}x{r['efficiency']:>11.2f}")
     print(f"(images/s, medians of interleaved repeats; cache build {results['cache_build_images_per_s']:.0f} images/s)")
 
 
@@ -182,7 +221,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                         help="of ours and the ceiling: auto = bf16 autocast where the hardware has native bf16")
-    parser.add_argument("--compile", action="store_true", help="also torch.compile ours and the ceiling")
+    parser.add_argument("--compile", action="store_true", help="time ours torch.compiled against ours eager (instead of the reference)")
     add_output_arguments(parser, "a few steps at 32 px on synthetic images (for CI)")
     args = parser.parse_args(argv)
     if args.smoke:

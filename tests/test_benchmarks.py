@@ -37,6 +37,47 @@ def test_throughput_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_throughput_compile_smoke(tmp_path):
+    """Eager against compiled in one run: rates, the compilation's seconds, and the payback they imply."""
+    out = tmp_path / "throughput.json"
+    result = run_benchmark("throughput.py", "--smoke", "--compile", "--json", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pays back after" in result.stdout
+    arch = json.loads(out.read_text())["archs"]["resnet18"]
+    assert arch["compiled_images_per_s"] > 0 and arch["ours_images_per_s"] > 0 and "reference_images_per_s" not in arch
+    assert arch["compile_s"] > 1  # a cold compilation of a ResNet takes seconds, not a cache hit
+    assert arch["compile_speedup"] == pytest.approx(arch["compiled_images_per_s"] / arch["ours_images_per_s"])
+
+
+def test_compile_payback_is_where_the_two_timelines_cross(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from throughput import compile_payback
+
+    figures = compile_payback(compile_s=30.0, eager_rate=100.0, compiled_rate=125.0)
+    n = figures["payback_images"]
+    assert n / 100.0 == pytest.approx(30.0 + n / 125.0)  # eager time = compilation + compiled time
+    assert figures["compile_speedup"] == pytest.approx(1.25)
+    assert compile_payback(30.0, 100.0, 95.0)["payback_images"] is None  # slower compiled: never
+
+
+@pytest.mark.slow
+def test_loading_smoke(tmp_path):
+    """The cache's size is photos x size^2 x 3 bytes; the cores needed follow from the measured rate."""
+    out = tmp_path / "loading.json"
+    result = run_benchmark("loading.py", "--smoke", "--photos", 1000, "--json", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["cache_bytes"] == 1000 * 64 * 64 * 3
+    rates = figures["pil_images_per_s"]
+    assert all(value > 0 for value in rates.values()) and figures["cache_images_per_s"] > 0
+    per_core = rates[str(figures["cores"])] / figures["cores"]
+    assert figures["pil_images_per_s_per_core"] == pytest.approx(per_core)
+    a100 = figures["gpus"]["A100"]
+    assert a100["resnet50"] == pytest.approx(2470 * (224 / 64) ** 2)
+    assert a100["pil_cores_needed"]["resnet18"] == pytest.approx(a100["resnet18"] / per_core)
+
+
+@pytest.mark.slow
 def test_real_data_smoke(tmp_path):
     out = tmp_path / "real.json"
     result = run_benchmark("real_data.py", "--smoke", "--out", tmp_path / "runs", "--json", out)

@@ -228,6 +228,12 @@ def test_cache_space_check_prints_readable_sizes(tmp_path, monkeypatch):
         ImageCache.build(index, 64, cache_dir=tmp_path / "cache", progress=False)
     needed = len(index) * 64 * 64 * 3
     assert f"needs {format_bytes(needed)}" in str(info.value) and "only 12.3 KB free" in str(info.value)
+    # A cache in the data folder is moved by a link; RETINO_CACHE moves only the fallback under it.
+    assert f"make {tmp_path / 'cache'} a link to a folder on a bigger disk" in str(info.value)
+    monkeypatch.setenv("RETINO_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DiskFullError) as info:
+        ImageCache.build(index, 64, cache_dir=tmp_path / "cache" / "dataset", progress=False)
+    assert f"point RETINO_CACHE at a bigger disk (now {tmp_path / 'cache'})" in str(info.value)
 
 
 @pytest.mark.parametrize("size, text", [(0, "0 bytes"), (999, "999 bytes"), (1536, "1.5 KB"),

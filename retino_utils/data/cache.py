@@ -19,7 +19,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import DiskFullError, RetinoError, format_bytes
-from .cachedir import dataset_cache_dir, derived_prefix, remove_stale
+from .cachedir import bigger_disk_advice, dataset_cache_dir, derived_prefix, remove_stale
 from .images import load_resized
 from .layouts import SplitIndex
 from .parallel import parallel_map
@@ -167,7 +167,7 @@ def _open_partial(partial: Path, done_path: Path, index: SplitIndex, image_size:
     if needed > free:
         raise DiskFullError(
             f"the {image_size} px cache of {len(index)} images needs {format_bytes(needed)} in {partial.parent}, "
-            f"only {format_bytes(free)} free; free some space, use a smaller size, or point RETINO_CACHE elsewhere"
+            f"only {format_bytes(free)} free; free some space, use a smaller size, or {bigger_disk_advice(partial.parent)}"
         )
     images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
     return images, np.zeros(shape[0], dtype=bool)

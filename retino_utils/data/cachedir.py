@@ -34,6 +34,14 @@ def dataset_cache_dir(root: str | os.PathLike) -> Path:
     return fallback
 
 
+def bigger_disk_advice(folder: Path) -> str:
+    """How to move a cache folder to a bigger disk: ``RETINO_CACHE`` moves only the fallback folders."""
+    root = cache_root().resolve()
+    if Path(folder).resolve().is_relative_to(root):
+        return f"point RETINO_CACHE at a bigger disk (now {root})"
+    return f"make {folder} a link to a folder on a bigger disk"
+
+
 def _may_write(folder: Path) -> bool:
     try:
         mode = folder.stat().st_mode
