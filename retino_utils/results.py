@@ -235,6 +235,18 @@ def paired(run_a: RunResult, run_b: RunResult, n_resamples: int = 2000, seed: in
                              b["referable_score"], names=a["name"].tolist(), n_resamples=n_resamples, seed=seed)
 
 
+PAIRED_FIGURES = {"accuracy": ("accuracy", "+.1%"), "qwk": ("QWK", "+.3f"), "referable_auc": ("referable AUC", "+.3f"),
+                  "recall_3": ("grade-3 recall", "+.2f")}
+
+
+def paired_sentence(run: RunResult, baseline: RunResult, figures=("qwk", "accuracy", "referable_auc")) -> str:
+    """``QWK +0.21 [+0.12, +0.30] (a real gain), accuracy ...``: ``run`` minus ``baseline`` on the same test
+    photos, each figure with its paired interval and what the interval says (the notebooks' comparisons)."""
+    diff = paired(run, baseline)
+    return ", ".join(f"{PAIRED_FIGURES[key][0]} {signed_interval(diff[key], PAIRED_FIGURES[key][1])} "
+                     f"({difference_verdict(diff[key])})" for key in figures)
+
+
 def fmt(value, spec: str = ".3f") -> str:
     """A figure for the notebooks' text; ``n/a`` where it is undefined (e.g. an AUC with one class)."""
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, spec)

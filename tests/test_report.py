@@ -52,6 +52,42 @@ def test_notebook_hygiene(path):
         assert not defined, f"{path.name} defines logic in a notebook: {cell.source[:80]!r}"
 
 
+def code_lines(path) -> list[str]:
+    """A notebook's code, cell after cell, without blank lines, comments or indentation."""
+    nb = nbformat.read(path, as_version=4)
+    lines = (line.strip() for cell in nb.cells if cell.cell_type == "code" for line in cell.source.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def shared_blocks(notebooks: dict[str, list[str]], size: int = 6) -> list[tuple[str, str, str]]:
+    """(first notebook, second notebook, first line) for every run of ``size`` code lines found in both."""
+    first_seen, shared = {}, []
+    for name, lines in notebooks.items():
+        for start in range(len(lines) - size + 1):
+            block = tuple(lines[start:start + size])
+            owner = first_seen.setdefault(block, name)
+            if owner != name:
+                shared.append((owner, name, block[0]))
+    return shared
+
+
+def test_notebooks_copy_no_code_from_each_other():
+    """Logic repeated across notebooks belongs in the package: no 6 code lines in a row appear in two."""
+    assert shared_blocks({path.name: code_lines(path) for path in NOTEBOOKS}) == []
+
+
+def test_the_copied_code_check_finds_a_block_copied_with_other_indentation(tmp_path):
+    block = [f"value_{i} = results.paired(run_{i})" for i in range(6)]
+    cells = {"a.ipynb": ["a = 1\n" + "\n".join(block)],
+             # indented, with blank lines and a comment inside, and spread over two cells
+             "b.ipynb": ["for run in runs:\n" + "\n\n    # the copy\n".join(f"    {line}" for line in block[:3]),
+                         "\n".join(block[3:])],
+             "c.ipynb": ["\n".join(block[:5])]}  # five lines: not enough
+    for name, sources in cells.items():
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources]), tmp_path / name)
+    assert shared_blocks({name: code_lines(tmp_path / name) for name in cells}) == [("a.ipynb", "b.ipynb", block[0])]
+
+
 # -- the runner's error paths ----------------------------------------------------------------------
 def test_unknown_and_missing_parameters_are_errors(tmp_path):
     pipeline = load_pipeline()

@@ -78,3 +78,20 @@ def test_data_summaries(tmp_path):
     samples = data.samples_per_grade(splits["train"], per_grade=3, image_size=32)
     for images in samples.values():
         assert 1 <= len(images) <= 3 and all(image.shape == (32, 32, 3) for image in images)
+
+
+def test_paired_sentence_states_each_difference_and_what_its_interval_says(runs):
+    """The notebooks' comparison sentence: run minus baseline on the same photos, from sklearn's figures."""
+    from sklearn.metrics import cohen_kappa_score
+
+    found, y_true, noisy = runs
+    names = [f"p{i // 2}_{'left' if i % 2 else 'right'}" for i in range(len(y_true))]
+    for run, pred in ((found["learned"], noisy), (found["collapsed"], np.zeros(len(y_true), int))):
+        pd.DataFrame({"name": names, "true_grade": y_true, "pred_grade": pred,
+                      "referable_score": (pred >= 2) + 0.1 * pred}).to_csv(run.path / "predictions.csv", index=False)
+    sentence = results.paired_sentence(found["learned"], found["collapsed"], ("qwk", "accuracy"))
+    qwk_gain = cohen_kappa_score(y_true, noisy, weights="quadratic") - cohen_kappa_score(
+        y_true, np.zeros(len(y_true), int), weights="quadratic")
+    accuracy_gain = np.mean(noisy == y_true) - np.mean(y_true == 0)
+    assert sentence.startswith(f"QWK {qwk_gain:+.3f} [") and "(a real gain)" in sentence
+    assert f", accuracy {accuracy_gain:+.1%} [" in sentence and sentence.count("(") == 2
