@@ -66,7 +66,7 @@ def entry_config(name: str, args) -> TrainConfig:
     if entry.recipe == "reports":
         settings.update(epochs=args.reports_epochs, image_size=128, best_metric="last")
     if args.smoke:
-        settings.update(epochs=2, image_size=32, batch_size=8, sizes="", bootstrap=100)
+        settings.update(epochs=2, image_size=32, batch_size=8, bootstrap=100)
     photos = prepared_copy(args, entry.prepare) if entry.prepare else args.data
     config = TrainConfig.with_recipe(entry.recipe, data=str(photos), **settings)
     return dataclasses.replace(config, out=str(args.out / f"{name}-{config.image_size}px-{config.epochs}ep"))

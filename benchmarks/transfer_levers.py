@@ -67,11 +67,11 @@ def variant_config(name: str, args) -> TrainConfig:
     variant = VARIANTS[name]
     settings = dict(variant.settings)
     if args.image_size:  # a quicker screen: one size throughout
-        settings.update(image_size=args.image_size, sizes="")
+        settings.update(image_size=args.image_size)
     if args.epochs:
         settings.update(epochs=args.epochs)
     if args.smoke:
-        settings.update(epochs=2, image_size=32, batch_size=8, sizes="", bootstrap=50)
+        settings.update(epochs=2, image_size=32, batch_size=8, bootstrap=50)
     photos = prepared_copy(args, variant.prepare)
     return TrainConfig.with_recipe("best-cpu", data=str(photos), out=str(args.out / name), seed=args.seed,
                                    progress=args.progress, resume=True, device=args.device, **settings)

@@ -64,7 +64,8 @@ class TrainConfig:
     warmup_epochs: int = setting(0, "linear warm-up epochs at the start of fine-tuning (none/cosine schedules)")
     image_size: int = 256
     sizes: str = setting("", "progressive resizing: smaller sizes trained first, as SIZE:EPOCHS pairs (e.g. "
-                         "128:10,192:8); the remaining epochs train at image_size, and only they can be kept")
+                         "128:10,192:8); the remaining epochs train at image_size, and only they can be kept "
+                         "(a recipe's schedule applies only when image_size is not given)")
     loss: Literal["ce", "wce", "focal", "mse", "smooth_l1"] = "ce"
     focal_gamma: float = 2.0
     cut_points: Literal["qwk", "frequencies"] = setting(
@@ -232,11 +233,18 @@ class TrainConfig:
 
     @classmethod
     def with_recipe(cls, recipe: str | None = None, **explicit) -> "TrainConfig":
-        """Build a config: dataclass defaults < the recipe's settings < explicit values (None = not given)."""
+        """Build a config: dataclass defaults < the recipe's settings < explicit values (None = not given).
+
+        An image size given explicitly replaces the recipe's size schedule too (``sizes`` leads up to the
+        recipe's own size): training "at 128 px" means at 128 px throughout unless ``sizes`` is given as well.
+        """
         if recipe is not None and recipe not in RECIPES:
             raise RetinoError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
         given = {k: v for k, v in explicit.items() if v is not None}
-        return cls.from_dict({**RECIPES.get(recipe, {}), **given, "recipe": recipe})
+        settings = dict(RECIPES.get(recipe, {}))
+        if "image_size" in given:
+            settings.pop("sizes", None)
+        return cls.from_dict({**settings, **given, "recipe": recipe})
 
     @classmethod
     def from_settings(cls, settings: dict, **paths) -> "TrainConfig":

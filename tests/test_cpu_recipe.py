@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,6 +120,23 @@ def test_size_stages_and_their_refusals():
             TrainConfig(epochs=10, image_size=64, sizes=bad)
     with pytest.raises(RetinoError, match="fuse_eyes"):
         TrainConfig(fuse_eyes=0.5)
+
+
+def test_an_image_size_given_replaces_the_recipes_size_schedule():
+    """The recipe's schedule leads up to its own size; a size given with it is the one size trained at."""
+    from retino_utils.config import RECIPES
+    from retino_utils.report import ReportContext, load_pipeline, plan, run_config
+
+    recipe = TrainConfig.with_recipe("best-cpu", epochs=40)
+    assert recipe.sizes == RECIPES["best-cpu"]["sizes"] and recipe.size_stages()[-1] == (256, 16)
+    assert TrainConfig.with_recipe("best-cpu", image_size=128).size_stages() == [(128, 40)]
+    assert TrainConfig.with_recipe("best-cpu", image_size=128, sizes="64:5").size_stages() == [(64, 5), (128, 35)]
+    # So the profiles need not switch the schedule off: every run of every profile trains at one size.
+    pipeline = load_pipeline()
+    for profile in pipeline["profiles"]:
+        for step in plan(pipeline, profile, ReportContext(profile, Path("data"), Path("out"), Path("fig"), "cpu")):
+            if step.run is not None:
+                assert run_config(step, Path("data")).size_stages()[:-1] == [], (profile, step.name)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ def test_a_few_minutes_on_eyepacs_grade_another_cameras_photos_once_prepared(sha
     copy = tmp_path / "retina"
     assert not preprocess(shared_data / "eyepacs-dev", copy, SIZE, prepare="retina", progress=False).failed
     config = TrainConfig.with_recipe("best-cpu", data=str(copy), out=str(tmp_path / "run"), image_size=SIZE,
-                                     sizes="", epochs=EPOCHS, bootstrap=0, progress=False)
+                                     epochs=EPOCHS, bootstrap=0, progress=False)
     fit(config)
 
     splits = [read_split(external, split) for split in SPLITS]
