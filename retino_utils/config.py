@@ -12,6 +12,7 @@ from typing import Literal
 
 import yaml
 
+from .architectures import ARCHITECTURES
 from .errors import RetinoError
 
 # Named recipes fill in settings the user did not give explicitly.
@@ -49,7 +50,7 @@ class TrainConfig:
 
     data: str = setting("", "dataset folder (lab, kaggle or aptos layout)")
     out: str = setting("", "run folder for checkpoints, history.csv, predictions.csv, metrics.json")
-    arch: Literal["resnet18", "resnet50"] = "resnet18"
+    arch: Literal[tuple(ARCHITECTURES)] = "resnet18"  # the choices: retino_utils/architectures.py
     weights: str | None = setting(None, "none | imagenet | PATH to a state dict or checkpoint")
     impl: Literal["torchvision", "native"] = setting("torchvision", "native = the ResNets built from their "
                                                      "blocks, as reports 003/004 did (same weights and outputs)")

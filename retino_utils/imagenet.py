@@ -14,13 +14,9 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .architectures import architecture
 from .errors import WeightsUnavailableError
 
-# torchvision's IMAGENET1K_V1 weights of each architecture (ResNet18_Weights / ResNet50_Weights).
-IMAGENET_URLS = {
-    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-}
 REACHABILITY_TIMEOUT_S = 3.0
 
 
@@ -32,7 +28,7 @@ def hub_dir() -> Path:
 
 def imagenet_weights_file(arch: str) -> Path:
     """Where torchvision caches (and we look for) the ImageNet weights of ``arch``."""
-    return hub_dir() / "checkpoints" / Path(urlparse(IMAGENET_URLS[arch]).path).name
+    return hub_dir() / "checkpoints" / Path(urlparse(architecture(arch).imagenet_url).path).name
 
 
 def unavailable_reason(arch: str) -> str | None:
@@ -41,12 +37,12 @@ def unavailable_reason(arch: str) -> str | None:
         return None
     if os.environ.get("RETINO_OFFLINE") == "1":
         return "RETINO_OFFLINE=1"
-    url = IMAGENET_URLS[arch]
+    url = architecture(arch).imagenet_url
     return None if reachable(url) else f"{urlparse(url).hostname} is unreachable"
 
 
 def unavailable_error(arch: str, reason: str) -> WeightsUnavailableError:
-    path, url = imagenet_weights_file(arch), IMAGENET_URLS[arch]
+    path, url = imagenet_weights_file(arch), architecture(arch).imagenet_url
     return WeightsUnavailableError(
         f"ImageNet weights for {arch} are not cached and cannot be downloaded ({reason}): "
         f"put {path.name} (from {url}) into {path.parent} "

@@ -8,24 +8,21 @@ import torch
 import torchvision
 from torch import nn
 
+from retino_utils.architectures import Architecture, architecture
 from retino_utils.config import choices
 from retino_utils.errors import RetinoError
 from retino_utils.imagenet import imagenet_weights_file, unavailable_error, unavailable_reason
-from retino_utils.resnet_native import resnet18_native, resnet50_native
+from retino_utils.resnet_native import native_resnet
 
-ARCHS = choices()["arch"]
 IMPLS = choices()["impl"]
 HEAD = "fc"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 
-_CONSTRUCTORS = {
-    "torchvision": {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50},
-    "native": {"resnet18": resnet18_native, "resnet50": resnet50_native},
-}
-_IMAGENET_WEIGHTS = {
-    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-}
+
+def _construct(arch: Architecture, impl: str, num_classes: int) -> nn.Module:
+    if impl == "native":
+        return native_resnet(arch.block, arch.layers, num_classes)
+    return getattr(torchvision.models, arch.name)(num_classes=num_classes)
 
 
 def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
@@ -40,11 +37,11 @@ def build_model(arch: str, weights: str | Path | None = None, num_classes: int =
     ``weights``: None (random init), ``"imagenet"``, or a state-dict / checkpoint file. The head is
     loaded only when the file's head has the same size; otherwise it stays freshly initialised.
     """
-    _check_choice(arch, ARCHS, "arch")
+    declared = architecture(arch)
     _check_choice(impl, IMPLS, "impl")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise RetinoError(f"num_classes must be a positive integer, got {num_classes!r}")
-    model = _CONSTRUCTORS[impl][arch](num_classes=num_classes)
+    model = _construct(declared, impl, num_classes)
     if weights is None:
         return model
     if isinstance(weights, str) and weights == "imagenet":
@@ -67,7 +64,8 @@ def load_imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
     reason = unavailable_reason(arch)
     if reason is None:
         try:
-            return _IMAGENET_WEIGHTS[arch].get_state_dict(progress=True)
+            weights = getattr(torchvision.models, architecture(arch).weights).IMAGENET1K_V1
+            return weights.get_state_dict(progress=True)
         except Exception as exc:  # any network/HTTP/IO failure ends in the same advice
             reason = f"download failed: {_first_line(exc)}"
     raise unavailable_error(arch, reason)

@@ -1,4 +1,4 @@
-"""ResNet-18/50 built from their residual blocks, as reports 003/004 wrote them.
+"""ResNets built from their residual blocks, as reports 003/004 wrote ResNet-18/50.
 
 The module names (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer2.0.downsample.0``, ``fc``...)
 and the initialisation follow torchvision's ResNet (v1.5: the stride of a bottleneck sits on its
@@ -105,9 +105,9 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet18_native(num_classes: int = 5) -> ResNet:
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes)
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
-def resnet50_native(num_classes: int = 5) -> ResNet:
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes)
+def native_resnet(block: str, layers: tuple[int, int, int, int], num_classes: int = 5) -> ResNet:
+    """The ResNet of ``layers`` blocks per stage (``architectures.py`` declares each one's)."""
+    return ResNet(BLOCKS[block], layers, num_classes)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from . import GRADE_NAMES, GRADES
+from .architectures import ARCHITECTURES
 from .errors import RetinoError
 
 
@@ -28,7 +29,7 @@ class RunResult:
     def label(self) -> str:
         """A human label such as ``ResNet-18, ImageNet`` for legends."""
         config = self.config
-        arch = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}.get(config.get("arch"), config.get("arch", "?"))
+        arch = arch_label(config.get("arch", "?"))
         weights = config.get("weights")
         init = "scratch" if not weights else ("ImageNet" if weights == "imagenet" else Path(weights).stem)
         return f"{arch}, {init}"
@@ -101,7 +102,10 @@ def majority_baseline(run: RunResult) -> float:
 
 
 # -- tables the notebooks show (numbers always computed, never typed in) ------------------------------
-ARCH_LABELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}
+def arch_label(arch: str) -> str:
+    """``ResNet-18`` for ``resnet18``: the label its declaration gives (the name itself when undeclared)."""
+    declared = ARCHITECTURES.get(arch)
+    return declared.label if declared else arch
 
 
 TABLE_FIGURES = {"accuracy": "accuracy", "QWK": "qwk", "macro-F1": "macro_f1", "referable AUC": "referable_auc"}

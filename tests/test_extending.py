@@ -1,6 +1,6 @@
-"""Extending the project takes one declaration: a setting is one line in config.py, a run group and a
-notebook that reads it are entries in pipeline.yaml. Checked on temporary copies, through real
-processes and kernels."""
+"""Extending the project takes one declaration: a setting is one line in config.py, an architecture one
+entry in architectures.py, a run group and a notebook that reads it are entries in pipeline.yaml.
+Checked on temporary copies, through real processes and kernels."""
 
 import json
 import os
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
+import torchvision
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
@@ -20,17 +22,52 @@ from retino_utils.pipeline import PIPELINE_FILE
 NEW_SETTING = '    blur_radius: float = setting(0.0, "a setting added by a test")\n'
 
 
-@pytest.fixture
-def package_with_new_setting(tmp_path):
-    """A copy of the package whose TrainConfig has one more line, and an environment that imports it."""
+NEW_ARCHITECTURE = '''    Architecture("resnet34", "ResNet-34", "ResNet34_Weights",
+                 "https://download.pytorch.org/models/resnet34-b627a593.pth", "basic", (3, 4, 6, 3)),
+'''
+
+
+def package_with(tmp_path, module: str, anchor: str, addition: str) -> dict:
+    """A copy of the package with ``addition`` after ``anchor`` in ``module``; an environment that imports it."""
     root = tmp_path / "pkg"
     shutil.copytree(PACKAGE_DIR, root / "retino_utils", ignore=shutil.ignore_patterns("__pycache__"))
-    config = root / "retino_utils" / "config.py"
-    text = config.read_text()
-    anchor = "    seed: int = 0\n"
+    source = root / "retino_utils" / module
+    text = source.read_text()
     assert anchor in text
-    config.write_text(text.replace(anchor, anchor + NEW_SETTING))
+    source.write_text(text.replace(anchor, anchor + addition))
     return {**os.environ, "PYTHONPATH": str(root), "TQDM_DISABLE": "1"}
+
+
+@pytest.fixture
+def package_with_new_setting(tmp_path):
+    return package_with(tmp_path, "config.py", "    seed: int = 0\n", NEW_SETTING)
+
+
+@pytest.mark.slow
+def test_an_architecture_added_in_one_place_trains_and_is_named(tmp_path, tiny_dataset, monkeypatch):
+    """torchvision's resnet34 declared in architectures.py only: the CLI offers it, both implementations
+    train it an epoch with its own layout of blocks, the tables name it, and its ImageNet file is the one
+    torchvision fetches."""
+    env = package_with(tmp_path, "architectures.py", "ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (\n",
+                       NEW_ARCHITECTURE)
+    env["RETINO_OFFLINE"], env["TORCH_HOME"] = "1", str(tmp_path / "torch-home")
+    train = [sys.executable, "-m", "retino_utils.train"]
+    assert "resnet34" in run([*train, "--help"], env, cwd=tmp_path).stdout
+    for impl in ("torchvision", "native"):
+        out = tmp_path / impl
+        result = run([*train, "--data", str(tiny_dataset), "--out", str(out), "--arch", "resnet34", "--impl", impl,
+                      "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--bootstrap", "0"], env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        state = torch.load(out / "best.pt", weights_only=False)["model"]
+        reference = torchvision.models.resnet34(num_classes=5).state_dict()
+        assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in reference.items()}, impl
+    label = run([sys.executable, "-c", "from retino_utils import results; import sys; "
+                 f"print(results.load_runs({{'r': sys.argv[1]}})[0]['r'].label)", str(out)], env, cwd=tmp_path)
+    assert label.stdout.strip() == "ResNet-34, scratch", label.stderr[-2000:]
+    refused = run([*train, "--data", str(tiny_dataset), "--out", str(tmp_path / "pretrained"), "--arch", "resnet34",
+                   "--weights", "imagenet", "--epochs", "1"], env, cwd=tmp_path)
+    assert refused.returncode != 0 and "resnet34-b627a593.pth" in refused.stderr
+    assert torchvision.models.ResNet34_Weights.IMAGENET1K_V1.url.endswith("resnet34-b627a593.pth")
 
 
 def run(args, env, cwd=None, **kwargs):

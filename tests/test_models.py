@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,7 @@ import torchvision
 from torch import nn
 
 from retino_utils import imagenet
+from retino_utils.architectures import ARCHITECTURES
 from retino_utils.errors import RetinoError, WeightsUnavailableError
 from retino_utils.imagenet import imagenet_weights_file
 from retino_utils.models import (
@@ -139,10 +141,10 @@ def test_torch_free_weights_lookup_agrees_with_torch(tmp_path, monkeypatch, torc
         else:
             monkeypatch.delenv(var, raising=False)
     assert imagenet.hub_dir() == Path(torch.hub.get_dir())
-    assert imagenet.IMAGENET_URLS == {
-        "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url,
-        "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url,
-    }
+    for arch in ARCHITECTURES.values():  # each declared file is the one torchvision itself fetches
+        assert arch.imagenet_url == getattr(torchvision.models, arch.weights).IMAGENET1K_V1.url, arch.name
+    assert [arch.imagenet_url.rsplit("/", 1)[1] for arch in ARCHITECTURES.values()][:2] == [
+        "resnet18-f37072fd.pth", "resnet50-0676ba61.pth"]
 
 
 def test_imagenet_offline_without_cache_fails_with_advice(empty_torch_home, monkeypatch):
@@ -158,8 +160,8 @@ def test_imagenet_offline_without_cache_fails_with_advice(empty_torch_home, monk
 def test_imagenet_unreachable_host_is_reported(empty_torch_home, monkeypatch):
     """Without RETINO_OFFLINE, on a machine without network (or with the host unresolvable)."""
     monkeypatch.delenv("RETINO_OFFLINE", raising=False)
-    monkeypatch.setitem(imagenet.IMAGENET_URLS, "resnet18",
-                        "https://retino-offline-test.invalid/models/resnet18-f37072fd.pth")
+    monkeypatch.setitem(ARCHITECTURES, "resnet18", dataclasses.replace(
+        ARCHITECTURES["resnet18"], imagenet_url="https://retino-offline-test.invalid/models/resnet18-f37072fd.pth"))
     with pytest.raises(WeightsUnavailableError, match="retino-offline-test.invalid is unreachable"):
         build_model("resnet18", weights="imagenet")
 
