@@ -31,6 +31,7 @@ NOTEBOOK_KEYS = {"step": True, "notebook": True, "parameters": False, "per_run":
                  "run_groups": False}
 RUN_KEYS_BESIDES_SETTINGS = ("groups",)
 SET_BY_THE_REPORT = ("data", "out", "resume")  # every run's folders come from the build
+REPORTS_PROFILE = "full"  # the reports' settings: every other profile's differences are stated against it
 
 
 def load_pipeline(path: str | Path = PIPELINE_FILE) -> dict:
@@ -106,6 +107,39 @@ def run_settings(pipeline: dict, profile: str, run: str) -> dict:
         if fnmatch.fnmatchcase(run, pattern):
             settings.update(overrides)
     return settings
+
+
+def setting_differences(pipeline: dict, profile: str) -> list[str]:
+    """How ``profile`` trains its runs unlike the reports (the ``full`` profile), from the settings themselves:
+    one line per setting and pair of values, naming the runs it applies to."""
+    if profile == REPORTS_PROFILE:
+        return []
+    runs: dict[tuple[str, str, str], list[str]] = {}
+    for run in pipeline["runs"]:
+        ours, theirs = run_settings(pipeline, profile, run), run_settings(pipeline, REPORTS_PROFILE, run)
+        for key in dict.fromkeys([*theirs, *ours]):
+            if ours.get(key) != theirs.get(key):
+                runs.setdefault((key, _shown(ours.get(key)), _shown(theirs.get(key))), []).append(run)
+    return [f"{key}: {ours} instead of {theirs} ({_run_list(pipeline, names)})"
+            for (key, ours, theirs), names in runs.items()]
+
+
+def _shown(value) -> str:
+    return "the default" if value is None else "none" if value == "" else str(value)
+
+
+def _run_list(pipeline: dict, names: list[str]) -> str:
+    """``every run``, or the names with a family written ``family_*`` where all of its runs are listed."""
+    if len(names) == len(pipeline["runs"]):
+        return "every run"
+    families: dict[str, list[str]] = {}
+    for name in pipeline["runs"]:
+        families.setdefault(name.split("_")[0], []).append(name)
+    shown = []
+    for family, members in families.items():
+        listed = [name for name in members if name in names]
+        shown += [f"{family}_*"] if listed == members and len(members) > 1 else listed
+    return ", ".join(shown)
 
 
 def runs_in_group(pipeline: dict, group: str) -> list[str]:

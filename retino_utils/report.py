@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .errors import RetinoError, WeightsUnavailableError, run_cli
 from .events import read_events
 from .paths import BUILD_DIR, FIGURES_DIR, NOTEBOOKS_DIR, PACKAGE_DIR
-from .pipeline import PIPELINE_FILE, load_pipeline, run_settings, runs_in_group
+from .pipeline import PIPELINE_FILE, load_pipeline, run_settings, runs_in_group, setting_differences
 from .data import dataset_fingerprint
 from .data.preprocess import preprocess
 from .render import export_pdf, find_chromium, render_report
@@ -350,8 +350,9 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
 
     results = collect_results(ctx, pipeline, steps, outcomes)
     write_json(ctx.out / "results.json", results)
-    index = render_report(ctx, steps, results, pipeline.get("index_figures") or [],
-                          pipeline["profiles"][ctx.profile].get("differences") or [])
+    differences = [*(pipeline["profiles"][ctx.profile].get("differences") or []),
+                   *setting_differences(pipeline, ctx.profile)]
+    index = render_report(ctx, steps, results, pipeline.get("index_figures") or [], differences)
     if pdf:
         pages = [index, *(page for step in steps if (page := index.parent / f"{step.name.replace('/', '_')}.html").is_file())]
         print(f"report.pdf: {export_pdf(pages, index.parent / 'report.pdf')} ({len(pages)} pages of HTML)", flush=True)

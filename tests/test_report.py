@@ -17,6 +17,7 @@ import torchvision
 
 from retino_utils.errors import RetinoError
 from retino_utils.paths import NOTEBOOKS_DIR
+from retino_utils.pipeline import setting_differences
 from retino_utils.report import ReportContext, build_report, check_parameters, load_pipeline, plan, resolve_context
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -86,6 +87,21 @@ def test_the_copied_code_check_finds_a_block_copied_with_other_indentation(tmp_p
     for name, sources in cells.items():
         nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources]), tmp_path / name)
     assert shared_blocks({name: code_lines(tmp_path / name) for name in cells}) == [("a.ipynb", "b.ipynb", block[0])]
+
+
+def test_a_profiles_differences_from_the_reports_come_from_its_settings():
+    pipeline = {"runs": {"a_x": {}, "a_y": {}, "b_z": {"lr": 0.1}},
+                "profiles": {"full": {"train": {"image_size": 512}, "runs": {"a_*": {"epochs": 15}}},
+                             "mine": {"train": {"image_size": 64},
+                                      "runs": {"a_x": {"epochs": 15}, "a_*": {"batch_size": 4},
+                                               "b_z": {"recipe": "best-cpu", "lr": 0.1}}}}}
+    assert setting_differences(pipeline, "mine") == [
+        "image_size: 64 instead of 512 (every run)",
+        "batch_size: 4 instead of the default (a_*)",
+        "epochs: the default instead of 15 (a_y)",
+        "recipe: best-cpu instead of the default (b_z)",
+    ]
+    assert setting_differences(pipeline, "full") == []
 
 
 # -- the runner's error paths ----------------------------------------------------------------------
@@ -198,6 +214,7 @@ def test_smoke_report_builds_everything(smoke_report):
     assert "missing from this report" not in index
     for line in pipeline["profiles"]["smoke"]["differences"]:  # the profile says how it differs from the reports
         assert html.escape(line) in index
+    assert html.escape("image_size: 32 instead of 512 (every run)") in index  # and its settings say the rest
 
 
 @pytest.mark.slow
