@@ -48,7 +48,7 @@ class TrainConfig:
     """Every training setting, declared once: the CLI flags, the notebooks' ``settings`` and the run's
     ``config.yaml`` all come from these fields (a ``Literal`` type lists a setting's choices)."""
 
-    data: str = setting("", "dataset folder (lab, kaggle or aptos layout)")
+    data: str = setting("", "dataset folder (in one of the layouts: see --layout)")
     out: str = setting("", "run folder for checkpoints, history.csv, predictions.csv, metrics.json")
     arch: Literal[tuple(ARCHITECTURES)] = "resnet18"  # the choices: retino_utils/architectures.py
     weights: str | None = setting(None, "none | imagenet | PATH to a state dict or checkpoint")
@@ -90,8 +90,9 @@ class TrainConfig:
     normalize: Literal["auto", "dataset", "imagenet", "report", "none"] = setting(
         "auto", "auto = ImageNet stats for ImageNet weights, the training split's own otherwise; "
                 "none = pixels scaled to [0, 1] only")
-    layout: Literal["auto", "lab", "kaggle", "aptos"] = "auto"
-    test_fraction: float = setting(0.2, "kaggle/aptos layouts: share of patients held out as the test split")
+    # The layouts of retino_utils/data/layouts.py (LAYOUTS; a test checks the two lists agree).
+    layout: Literal["auto", "lab", "kaggle", "aptos", "ddr", "idrid", "messidor2", "deepdrid", "folders"] = "auto"
+    test_fraction: float = setting(0.2, "layouts without a test table: share of patients held out as the test split")
     split_seed: int = 0
     val_fraction: float = setting(0.1, "share of the training patients held out for validation, stratified by "
                                   "grade: it picks the kept checkpoint, the cut points and the screening thresholds")

@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", help="dataset folder")
     parser.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="kaggle/aptos: share of patients held out")
-    parser.add_argument("--split-seed", type=int, default=0, help="kaggle/aptos: seed of the held-out split")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="layouts without a test table (kaggle, aptos, ...): share of patients held out")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="layouts without a test table: seed of the held-out split")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
 
 

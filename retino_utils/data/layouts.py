@@ -1,7 +1,8 @@
-"""Read the three dataset layouts users have (the lab's CSV pairs, Kaggle EyePACS, APTOS 2019).
+"""Read the dataset layouts users have: the lab's CSV pairs, Kaggle EyePACS, APTOS 2019, and (below,
+"More layouts") a folder per grade, IDRiD, DDR, Messidor-2 (adjudicated) and DeepDRiD.
 
-Each becomes a ``SplitIndex``: names, image paths and grades of one split. Kaggle and APTOS ship no
-test labels, so their test side is a deterministic split by patient, stratified on grade.
+Each becomes a ``SplitIndex``: names, image paths and grades of one split. A layout that ships no
+test labels gets a deterministic test split by patient, stratified on grade.
 Reading never opens images: a missing file is the validator's business, not the reader's.
 """
 
@@ -13,9 +14,10 @@ import io
 import itertools
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -40,6 +42,8 @@ class LayoutSpec:
     image_dirs: tuple[str, ...]  # searched in order; "" is the root itself
     extension: str  # assumed for names without one when the file is missing
     columns: tuple[str, str] = ("", "")  # name and grade columns of a Kaggle-style table
+    detect: Callable[[Path], bool] | None = None  # instead of markers, for layouts no fixed file names
+    looks_for: str = ""  # what detection looks for, in words (markers when empty)
 
 
 # Detection order: an explicit test split (lab) beats a derived one.
@@ -139,6 +143,15 @@ class ScannedSplit:
 
     index: SplitIndex
     problems: list[tuple[str, str]]
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (where, why): rows left out on purpose
+
+
+def excluded_message(layout: str, excluded: list[tuple[str, str]]) -> str:
+    """One line for rows a layout leaves out on purpose (DDR grade 5, Messidor-2 ungradable)."""
+    where, why = excluded[0]
+    more = f", and {len(excluded) - 1} more" if len(excluded) > 1 else ""
+    return (f"{layout} layout: left out {len(excluded)} ungradable photo{'s' if len(excluded) > 1 else ''} "
+            f"({where}: {why}{more}); they have no grade 0-4 to train or test on")
 
 
 def parse_grade(text: str) -> tuple[int | None, str | None]:
@@ -159,9 +172,9 @@ def detect_layout(root: str | os.PathLike) -> str:
     if not root.is_dir():
         raise RetinoError(f"dataset folder {root} does not exist: pass the folder that holds the label CSVs")
     for name, spec in LAYOUTS.items():
-        if all((root / marker).is_file() for marker in spec.markers):
+        if spec.detect(root) if spec.detect else all((root / marker).is_file() for marker in spec.markers):
             return name
-    looked_for = "; ".join(f"{' + '.join(spec.markers)} ({name})" for name, spec in LAYOUTS.items())
+    looked_for = "; ".join(f"{spec.looks_for or ' + '.join(spec.markers)} ({name})" for name, spec in LAYOUTS.items())
     raise RetinoError(f"no dataset layout found in {root}: looked for {looked_for}")
 
 
@@ -179,6 +192,8 @@ def read_split(root: str | os.PathLike, split: str = "train", layout: str = "aut
     scanned = scan_split(root, split, layout, test_fraction, split_seed)
     refuse(scanned.problems,
            f"fix the label files or photos (python -m retino_utils.data validate {root} lists every problem)")
+    if scanned.excluded:
+        warnings.warn(excluded_message(scanned.index.layout, scanned.excluded), stacklevel=2)
     return scanned.index
 
 
@@ -203,6 +218,8 @@ def scan_split(
     if split not in SPLITS:
         raise RetinoError(f"unknown split {split!r}: use {' or '.join(SPLITS)}")
     spec = LAYOUTS[layout]
+    if layout in READERS:
+        return _scan_more(root, split, layout, test_fraction, split_seed)
     if layout == "lab":
         rows = read_lab_pair(_required(root, f"{split}_img.csv", layout), _required(root, f"{split}_label.csv", layout))
         keep = np.ones(len(rows.names), dtype=bool)
@@ -353,17 +370,25 @@ def read_label_table(path: str | os.PathLike, name_column: str, grade_column: st
         raise RetinoError(
             f"{path}: expected a header with columns {name_column},{grade_column}, found {','.join(header)!r}"
         )
-    name_at, grade_at = header.index(name_column), header.index(grade_column)
     rows = TableRows()
+    for where, cells in _table_records(path, path.name, rows.problems):
+        rows.add(cells[name_column], where, cells[grade_column], where)
+    return rows
+
+
+def _table_records(path: Path, label: str, problems: list[tuple[str, str]]) -> Iterator[tuple[str, dict[str, str]]]:
+    """Each non-blank row of a CSV with a header, as ``(where, {column in lower case: cell})``; a row
+    with another number of fields than the header is added to ``problems`` instead."""
+    reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig")))
+    header = [cell.strip().lower() for cell in next(reader, [])]
     for cells in reader:
-        where = f"{path.name} line {reader.line_num}"
+        where = f"{label} line {reader.line_num}"
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) != len(header):
-            rows.problems.append((where, f"expected {len(header)} fields, found {len(cells)}"))
+            problems.append((where, f"expected {len(header)} fields, found {len(cells)}"))
             continue
-        rows.add(cells[name_at], where, cells[grade_at], where)
-    return rows
+        yield where, dict(reversed(list(zip(header, cells))))  # a repeated column: its first
 
 
 def resolve_image_paths(root: Path, names: Sequence[str], spec: LayoutSpec,
@@ -551,3 +576,380 @@ def dataset_fingerprint(root: str | os.PathLike, layout: str = "auto", test_frac
     """Both splits' fingerprints in one: a run records it, and any edit to a label or photo changes it."""
     parts = [read_split(root, split, layout, test_fraction, split_seed).fingerprint() for split in SPLITS]
     return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
+
+
+# --- More layouts: a folder per grade, IDRiD, DDR, Messidor-2, DeepDRiD ------------------------------
+#
+# Each reader returns a ``LayoutRead`` for one split: the rows with their images already looked up. A
+# layout whose files name a test split reads only that split's rows; one without reads every row, and
+# ``_scan_more`` makes the same deterministic split by patient as Kaggle's.
+
+GRADE_NAMES_FILE = "grade_names.csv"  # folder-per-grade layout: lines "folder name,grade" (e.g. "1 - No DR,0")
+TRAIN_FOLDER_ALIASES = ("val", "valid", "validation")  # beside train/ and test/: read as part of the train split
+DDR_UNGRADABLE = 5
+OTHER_IMAGE_EXTENSIONS = (".tif", ".tiff", ".bmp", ".gif", ".webp")  # said, not silently passed over
+_DEEPDRID_EYE = re.compile(r".*?_([lr])\d*", re.IGNORECASE)
+_TABLE_DEPTH = 3  # label tables are looked for in the root and up to two folders below it
+
+
+@dataclass
+class LayoutRead:
+    rows: TableRows
+    matches: list[list[Path]]  # the files each row can mean (none: missing; several: ambiguous)
+    missing: list[Path]  # where each row's file would be when none matches
+    groups: list[str]  # each row's patient (the photo itself when unknown): a derived split keeps it whole
+    derived: bool  # True: rows of both splits, the test split is derived by patient
+    excluded: list[tuple[str, str]] = field(default_factory=list)
+
+    def add_found(self, found: list[Path], missing: Path, group: str) -> None:
+        """Record the image of the row ``rows.add`` just accepted."""
+        self.matches.append(found)
+        self.missing.append(missing)
+        self.groups.append(group)
+
+
+def _new_read(derived: bool) -> LayoutRead:
+    return LayoutRead(TableRows(), [], [], [], derived)
+
+
+def _add_row(read: LayoutRead, name: str, source: str, grade_text: str, where: str, found: list[Path],
+             missing: Path, group: str) -> None:
+    before = len(read.rows.names)
+    read.rows.add(name, source, grade_text, where)
+    if len(read.rows.names) > before:
+        read.add_found(found, missing, group)
+
+
+def _scan_more(root: Path, split: str, layout: str, test_fraction: float, split_seed: int) -> ScannedSplit:
+    read = READERS[layout](root, split)
+    rows = read.rows
+    keep = np.ones(len(rows.names), dtype=bool)
+    if read.derived:
+        in_test = stratified_group_split(read.groups, rows.labels, test_fraction, split_seed)
+        keep = in_test if split == "test" else ~in_test
+    kept = np.flatnonzero(keep)
+    matches = [read.matches[i] for i in kept]
+    index = SplitIndex(
+        root,
+        layout,
+        split,
+        tuple(rows.names[i] for i in kept),
+        tuple(read.matches[i][0] if read.matches[i] else read.missing[i] for i in kept),
+        np.asarray(rows.labels, dtype=np.int64)[kept],
+        tuple(rows.sources[i] for i in kept),
+    )
+    problems = rows.problems + ambiguous_photos(index, matches) + repeated_photos(index)
+    return ScannedSplit(index, problems, read.excluded)
+
+
+def _folder_lookup(folders: Sequence[Path], extension: str) -> Callable[[str], tuple[list[Path], Path]]:
+    """``name -> (files it can mean, where it would be)`` over ``folders``, each listed once."""
+    listings = {folder: _listing(folder) for folder in folders}
+    extensions = [extension] + [ext for ext in IMAGE_EXTENSIONS if ext != extension]
+    home = next((folder for folder in folders if folder.is_dir()), folders[0])
+
+    def look_up(name: str) -> tuple[list[Path], Path]:
+        return _matches(name, listings, extensions), home / _missing_file_name(name, extension)
+
+    return look_up
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    """The folders in ``folder`` (not hidden ones such as .retino-cache), sorted; scandir spares a stat per photo."""
+    if not folder.is_dir():
+        return []
+    with os.scandir(folder) as entries:
+        return sorted(folder / e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+def _dirs_below(root: Path, depth: int) -> list[Path]:
+    """``root`` and its visible folders down to ``depth`` levels, parents first."""
+    found, level = [root], [root]
+    for _ in range(depth):
+        level = [child for folder in level for child in _visible_dirs(folder)]
+        found += level
+    return found
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            return [cell.strip().lower() for cell in next(csv.reader(handle), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+def _tables_with(root: Path, columns: Sequence[str]) -> list[Path]:
+    """The CSV files (root and two folders down) whose header has every one of ``columns``."""
+    return [path for folder in _dirs_below(root, _TABLE_DEPTH - 1) for path in sorted(folder.glob("*.csv"))
+            if path.is_file() and set(columns) <= set(_header(path))]
+
+
+def _split_of_table(path: Path) -> str:
+    return "test" if "test" in path.name.lower() else "train"
+
+
+def _where(root: Path, path: Path) -> str:
+    return _relative(root, path)
+
+
+# Folder per grade: <root>/<g>/*.png, or <root>/train/<g>/ + <root>/test/<g>/ --------------------------
+
+
+def _grade_folder_names(root: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Folder name -> grade: "0".."4", plus the lines of ``grade_names.csv`` ("1 - No DR,0"; a header allowed)."""
+    mapping = {str(g): g for g in range(NUM_CLASSES)}
+    problems: list[tuple[str, str]] = []
+    path = root / GRADE_NAMES_FILE
+    if not path.is_file():
+        return mapping, problems
+    reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig")))
+    mapped: dict[str, str] = {}
+    for cells in reader:
+        where = f"{GRADE_NAMES_FILE} line {reader.line_num}"
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != 2:
+            problems.append((where, f"expected 2 fields (folder name,grade), found {len(cells)}"))
+            continue
+        folder, grade_text = cells[0].strip(), cells[1].strip()
+        if reader.line_num == 1 and not _NUMBER_TEXT.fullmatch(grade_text):
+            continue  # a header line ("folder,grade")
+        grade, reason = parse_grade(grade_text)
+        if reason:
+            problems.append((where, f"{reason} (for folder {folder!r})"))
+        elif folder in mapped and mapping[folder] != grade:
+            problems.append((where, f"folder {folder!r} is mapped twice, to {mapping[folder]} ({mapped[folder]}) "
+                                    f"and to {grade}"))
+        else:
+            mapping[folder], mapped[folder] = grade, where
+    return mapping, problems
+
+
+def _split_folders(root: Path) -> dict[str, list[Path]] | None:
+    """The folders holding each split's grade folders, or None when the root holds the grade folders."""
+    if not (root / "train").is_dir():
+        return None
+    extra = [root / name for name in TRAIN_FOLDER_ALIASES if (root / name).is_dir()]
+    return {"train": [root / "train", *extra], "test": [root / "test"] if (root / "test").is_dir() else []}
+
+
+def _detect_folders(root: Path) -> bool:
+    if (root / GRADE_NAMES_FILE).is_file():
+        return True
+    base = root / "train" if (root / "train").is_dir() else root
+    return sum(folder.name in {str(g) for g in range(NUM_CLASSES)} for folder in _visible_dirs(base)) >= 2
+
+
+def _read_folders(root: Path, split: str) -> LayoutRead:
+    mapping, problems = _grade_folder_names(root)
+    by_split = _split_folders(root)
+    derived = by_split is None or not by_split["test"]
+    bases = [root] if by_split is None else by_split["train"] if derived else by_split[split]
+    read = _new_read(derived)
+    read.rows.problems += problems
+    advice = f"name grade folders 0-4, or map the name to a grade in {GRADE_NAMES_FILE} (a line 'name,grade')"
+    if by_split is not None:  # grade folders beside train/ would be read by neither split
+        read.rows.problems += [(f"{_where(root, folder)}/", "a grade folder beside train/ is not read: move it "
+                                                             "into train/ or test/")
+                               for folder in _visible_dirs(root) if folder.name in mapping]
+    for base in bases:
+        for path in sorted(base.iterdir()):
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                read.rows.problems.append((_where(root, path), f"photo outside a grade folder: move it into "
+                                                               f"{_where(root, base)}/<grade>/"))
+        for folder in _visible_dirs(base):
+            if by_split is None and folder.name in ("test", *TRAIN_FOLDER_ALIASES):
+                read.rows.problems.append((f"{_where(root, folder)}/", "a split folder without train/ beside it: "
+                                                                        "put the training grade folders in train/"))
+                continue
+            if folder.name not in mapping:
+                read.rows.problems.append((f"{_where(root, folder)}/", f"folder {folder.name!r} maps to no grade: "
+                                                                       f"{advice}"))
+                continue
+            for path in sorted(folder.iterdir()):
+                if path.is_dir() and not path.name.startswith("."):
+                    read.rows.problems.append((f"{_where(root, path)}/", "a folder inside a grade folder is not "
+                                                                         "read: move its photos up"))
+                elif path.suffix.lower() in OTHER_IMAGE_EXTENSIONS:
+                    read.rows.problems.append((_where(root, path), f"a {path.suffix} photo is not read (only "
+                                                                   f"{', '.join(IMAGE_EXTENSIONS)}): convert it"))
+                elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                    _add_row(read, path.name, _where(root, path), str(mapping[folder.name]), _where(root, path),
+                             [path], path, patient_of(path.name))
+    return read
+
+
+# IDRiD: a CSV with "Image name" and "Retinopathy grade" (its Training and Testing label files) --------
+
+IDRID_COLUMNS = ("image name", "retinopathy grade")
+
+
+def _idrid_image_folders(root: Path, split: str) -> list[Path]:
+    """Folders named for the split ("a. Training Set"); root, images/ and every folder when none is."""
+    folders = _dirs_below(root, 3)
+    named = [folder for folder in folders[1:] if split in folder.name.lower()]
+    return named or [root / "images", *folders]
+
+
+def _read_idrid(root: Path, split: str) -> LayoutRead:
+    tables = _tables_with(root, IDRID_COLUMNS)
+    derived = not any(_split_of_table(path) == "test" for path in tables)
+    read = _new_read(derived)
+    for table in tables:
+        table_split = _split_of_table(table)
+        if not derived and table_split != split:
+            continue
+        rows = read_label_table(table, *IDRID_COLUMNS)
+        read.rows.problems += rows.problems
+        look_up = _folder_lookup(_idrid_image_folders(root, table_split), ".jpg")
+        for name, spelled, label, source in zip(rows.names, rows.spellings, rows.labels, rows.sources):
+            found, missing = look_up(spelled)
+            # Training and Testing both start at IDRiD_001: the split keeps the names apart.
+            _add_row(read, f"{table_split}/{name}", source, str(label), source, found, missing, name)
+    return read
+
+
+# DDR: train.txt, valid.txt, test.txt with "name grade" lines; grade 5 is ungradable ------------------
+
+DDR_TABLES = {"train": ("train.txt", "valid.txt"), "test": ("test.txt",)}
+
+
+def _read_ddr(root: Path, split: str) -> LayoutRead:
+    derived = not (root / "test.txt").is_file()
+    read = _new_read(derived)
+    names = [*DDR_TABLES["train"], *DDR_TABLES["test"]] if derived else DDR_TABLES[split]
+    for table_name in names:
+        table = root / table_name
+        if not table.is_file():
+            continue
+        look_up = _folder_lookup([root / table.stem, root / "images", root], ".jpg")
+        for line, text in _lines(table):
+            where = f"{table_name} line {line}"
+            if not text.strip():
+                continue
+            fields = text.strip().rsplit(None, 1)
+            if len(fields) != 2:
+                read.rows.problems.append((where, f"expected 'name grade', found {text.strip()!r}"))
+                continue
+            name, grade = fields
+            if grade.strip() == str(DDR_UNGRADABLE):
+                read.excluded.append((where, f"{name} has grade {DDR_UNGRADABLE} (ungradable)"))
+                continue
+            found, missing = look_up(name)
+            _add_row(read, name, where, grade, where, found, missing, patient_of(name))
+    return read
+
+
+# Messidor-2 adjudicated grades (Krause et al.): image_id, adjudicated_dr_grade, adjudicated_gradable --
+
+MESSIDOR_COLUMNS = ("image_id", "adjudicated_dr_grade")
+
+
+def _read_messidor2(root: Path, split: str) -> LayoutRead:
+    read = _new_read(True)  # no test table and no patient column: each photo is its own group
+    folders = [root / "IMAGES", root / "images", root / "messidor-2" / "IMAGES", root]
+    look_up = _folder_lookup(folders, ".png")
+    for table in _tables_with(root, MESSIDOR_COLUMNS):
+        for where, cells in _table_records(table, table.name, read.rows.problems):
+            name = cells["image_id"].strip()
+            gradable = cells.get("adjudicated_gradable", "1").strip()
+            if gradable.lower() in ("0", "0.0", "false"):
+                read.excluded.append((where, f"{name} is adjudicated ungradable"))
+                continue
+            if gradable.lower() not in ("1", "1.0", "true"):
+                read.rows.problems.append((where, f"adjudicated_gradable {gradable!r} is neither 1 nor 0"))
+                continue
+            found, missing = look_up(name)
+            _add_row(read, name, where, cells["adjudicated_dr_grade"], where, found, missing, name)
+    return read
+
+
+# DeepDRiD: patient_id, image_id, left_eye_DR_Level, right_eye_DR_Level, image_path --------------------
+
+DEEPDRID_COLUMNS = ("patient_id", "image_id", "left_eye_dr_level", "right_eye_dr_level")
+
+
+def _deepdrid_image(root: Path, table: Path, image_path: str, image_id: str, patient: str) -> tuple[list[Path], Path]:
+    """The photo of a row: its image_path (a Windows path from the dataset's own folder, any tail of which
+    may be below the root or the table's folder), else ``<image_id>.jpg`` in Images/<patient_id>/."""
+    parts = [part for part in re.split(r"[\\/]+", image_path.strip()) if part]
+    for start in range(len(parts)):
+        for base in (table.parent, root):
+            candidate = base.joinpath(*parts[start:])
+            if candidate.is_file():
+                return [candidate], candidate
+    folders = [table.parent / "Images" / patient, table.parent / "Images", table.parent]
+    found, missing = _folder_lookup(folders, ".jpg")(image_id)
+    return found, (table.parent.joinpath(*parts[-3:]) if parts and not found else missing)
+
+
+def _read_deepdrid(root: Path, split: str) -> LayoutRead:
+    tables = _tables_with(root, DEEPDRID_COLUMNS)
+    derived = not any(_split_of_table(path) == "test" for path in tables)
+    read = _new_read(derived)
+    for table in tables:
+        if not derived and _split_of_table(table) != split:
+            continue
+        for where, cells in _table_records(table, _where(root, table), read.rows.problems):
+            image_id, patient = cells["image_id"].strip(), cells["patient_id"].strip()
+            image_path = cells.get("image_path", "")
+            eye = _DEEPDRID_EYE.fullmatch(image_id) or _DEEPDRID_EYE.fullmatch(_stem(Path(image_path).name))
+            if not eye:
+                read.rows.problems.append((where, f"cannot tell the eye of image_id {image_id!r} (expected e.g. "
+                                                  f"1_l1 or 1_r2): its grade column is unknown"))
+                continue
+            column = "left_eye_dr_level" if eye.group(1).lower() == "l" else "right_eye_dr_level"
+            found, missing = _deepdrid_image(root, table, image_path, image_id, patient)
+            grade = cells[column]
+            if not grade.strip():
+                read.rows.problems.append((where, f"no grade in {column} for image_id {image_id!r} "
+                                                  f"(the {'left' if column[0] == 'l' else 'right'} eye)"))
+                continue
+            _add_row(read, image_id, where, grade, where, found, missing, patient)
+    return read
+
+
+def label_tables(root: str | os.PathLike, layout: str = "auto") -> list[str]:
+    """The label files a layout reads in ``root`` (relative paths): what a preprocessed copy must carry.
+
+    ``LayoutSpec.tables`` names the usual ones; IDRiD, Messidor-2 and DeepDRiD tables are found by their
+    columns, under any name and up to two folders down, so only this lists them all.
+    """
+    root = Path(root).resolve()
+    layout = resolve_layout(root, layout)
+    found = {name for name in LAYOUTS[layout].tables if (root / name).is_file()}
+    columns = {"idrid": IDRID_COLUMNS, "messidor2": MESSIDOR_COLUMNS, "deepdrid": DEEPDRID_COLUMNS}.get(layout)
+    if columns:
+        found |= {_relative(root, path) for path in _tables_with(root, columns)}
+    return sorted(found)
+
+
+READERS: dict[str, Callable[[Path, str], LayoutRead]] = {
+    "ddr": _read_ddr,
+    "idrid": _read_idrid,
+    "messidor2": _read_messidor2,
+    "deepdrid": _read_deepdrid,
+    "folders": _read_folders,  # last: the weakest sign (folders named 0-4)
+}
+
+# Detection order: fixed file names first (no folder walk), folder names last.
+LAYOUTS.update({
+    "ddr": LayoutSpec(("train.txt",), ("train.txt", "valid.txt", "test.txt"), (), ".jpg",
+                      looks_for="train.txt with 'name grade' lines"),
+    "idrid": LayoutSpec(
+        (), ("a. IDRiD_Disease Grading_Training Labels.csv", "b. IDRiD_Disease Grading_Testing Labels.csv"), (),
+        ".jpg", detect=lambda root: bool(_tables_with(root, IDRID_COLUMNS)),
+        looks_for="a CSV with columns 'Image name','Retinopathy grade'",
+    ),
+    "messidor2": LayoutSpec(
+        (), ("messidor_data.csv",), (), ".png", detect=lambda root: bool(_tables_with(root, MESSIDOR_COLUMNS)),
+        looks_for="a CSV with columns image_id,adjudicated_dr_grade",
+    ),
+    "deepdrid": LayoutSpec(
+        (), (), (), ".jpg", detect=lambda root: bool(_tables_with(root, DEEPDRID_COLUMNS)),
+        looks_for="a CSV with columns patient_id,image_id,left_eye_DR_Level,right_eye_DR_Level",
+    ),
+    "folders": LayoutSpec((), (GRADE_NAMES_FILE,), (), ".png", detect=_detect_folders,
+                          looks_for=f"folders named 0-4, or {GRADE_NAMES_FILE}"),
+})

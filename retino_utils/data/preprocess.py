@@ -28,7 +28,7 @@ from scipy import ndimage
 from ..atomic import atomic_path, remove_stale_temp_files, write_json
 from ..errors import DiskFullError, RetinoError
 from .images import load_rgb, square_resize
-from .layouts import LAYOUTS, SPLITS, read_split, resolve_layout
+from .layouts import SPLITS, label_tables, read_split, resolve_layout
 from .parallel import parallel_map
 
 JPEG_QUALITY = 95
@@ -297,10 +297,10 @@ def preprocess(
         raise DiskFullError(f"{full}; free some space and rerun the same command: the finished images are kept "
                             f"and only the rest is done") from None
     # Last: a run stopped by a full disk or a kill leaves no label CSVs, so DST never looks complete.
-    for table in LAYOUTS[layout].tables:
-        if (src / table).is_file():
-            with atomic_path(dst / table) as tmp:
-                shutil.copyfile(src / table, tmp)
+    for table in label_tables(src, layout):  # also IDRiD/Messidor-2/DeepDRiD tables found by their columns
+        (dst / table).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dst / table) as tmp:
+            shutil.copyfile(src / table, tmp)
     return PreprocessSummary(len(pending) - len(failed), len(sources) - len(pending), sorted(failed))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +23,7 @@ from .layouts import (
     SPLITS,
     ScannedSplit,
     SplitIndex,
+    excluded_message,
     nested_folder_message,
     nested_image_folder,
     resolve_layout,
@@ -41,6 +42,7 @@ class ValidationReport:
     problems: list[tuple[str, str]]  # (where, reason)
     counts: pd.DataFrame  # one row per split; columns: grades 0-4, then "total"
     bad_names: dict[str, set[str]]  # split -> names whose image is missing or does not decode
+    notes: list[str] = field(default_factory=list)  # not problems, but said: rows a layout leaves out on purpose
 
     @property
     def ok(self) -> bool:
@@ -52,6 +54,7 @@ class ValidationReport:
             table = self.counts.rename(columns={g: f"{g} {GRADE_NAMES[g]}" for g in GRADES})
             lines[0] += ": images per grade"
             lines += [table.to_string(), ""]
+        lines += [f"note: {note}" for note in self.notes]
         if self.ok:
             lines.append("OK: no problems found")
             return "\n".join(lines)
@@ -76,6 +79,7 @@ def validate(
     counts: dict[str, list[int]] = {}
     bad_names: dict[str, set[str]] = {}
     scanned: dict[str, ScannedSplit] = {}
+    notes: list[str] = []
     for split in SPLITS:
         try:
             scanned[split] = scan = scan_split(root, split, layout, test_fraction, split_seed)
@@ -84,6 +88,8 @@ def validate(
             continue
         index = scan.index
         _add_new(problems, scan.problems)
+        if scan.excluded and excluded_message(layout, scan.excluded) not in notes:
+            notes.append(excluded_message(layout, scan.excluded))
         counts[split] = [*index.grade_counts().tolist(), len(index)]
         if not len(index):
             problems.append((f"{split} split", "no entries (an empty split cannot be trained or tested on)"))
@@ -98,7 +104,7 @@ def validate(
     if len(scanned) == len(SPLITS):
         problems += shared_photos(scanned["train"].index, scanned["test"].index)
     table = pd.DataFrame.from_dict(counts, orient="index", columns=[*GRADES, "total"])
-    return ValidationReport(root, layout, problems, table, bad_names)
+    return ValidationReport(root, layout, problems, table, bad_names, notes)
 
 
 def image_problems(index: SplitIndex, workers: int | None = None, progress: bool = True) -> dict[str, str]:
