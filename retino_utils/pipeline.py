@@ -120,8 +120,9 @@ def setting_differences(pipeline: dict, profile: str) -> list[str]:
         for key in dict.fromkeys([*theirs, *ours]):
             if ours.get(key) != theirs.get(key):
                 runs.setdefault((key, _shown(ours.get(key)), _shown(theirs.get(key))), []).append(run)
+    first_seen = list(dict.fromkeys(key for key, _, _ in runs))  # one setting's lines together
     return [f"{key}: {ours} instead of {theirs} ({_run_list(pipeline, names)})"
-            for (key, ours, theirs), names in runs.items()]
+            for (key, ours, theirs), names in sorted(runs.items(), key=lambda item: first_seen.index(item[0][0]))]
 
 
 def _shown(value) -> str:
