@@ -16,6 +16,7 @@ from .checkpoint import CheckpointDamaged, load_checkpoint, save_checkpoint
 from .config import TrainConfig, load_config, save_config
 from .errors import DiskFullError, RetinoError
 from .events import append_event
+from .model_card import write_model_card
 from .run_safety import setting_changes, write_fingerprint
 
 SCORED_SPLITS = ("val", "test")  # every epoch scores both: validation picks, test is only drawn
@@ -122,6 +123,7 @@ class RunFolder:
         if self.writes:
             write_text(self.out / "predictions.csv", predictions.to_csv(index=False, float_format="%.6f"))
             write_json(self.out / "metrics.json", metrics)
+            write_model_card(self.out)
 
     def event(self, kind: str, **payload) -> None:
         """Append one event line for whoever follows the run (see ``events``)."""
