@@ -241,6 +241,35 @@ def roc_curves(curves: Mapping[str, dict], reference_points: Mapping[str, tuple[
     return fig
 
 
+def reliability_diagram(calibrations: Mapping[str, dict]) -> Figure:
+    """Observed referable rate against calibrated probability per bin, with the bins' photo counts below.
+
+    ``calibrations``: legend label -> a run's ``metrics["screening"]["calibration"]``. Points on the
+    diagonal are calibrated; the counts show which bins hold enough photos to judge.
+    """
+    if not calibrations:
+        return nothing_to_draw("no run with a calibrated referable score to show yet")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    palette = sns.color_palette(n_colors=len(calibrations))
+    width = 0.1 / (len(calibrations) + 1)
+    for i, (color, (label, calibration)) in enumerate(zip(palette, calibrations.items())):
+        table = calibration["reliability"]
+        shown = [n > 0 for n in table["count"]]
+        predicted = [p for p, keep in zip(table["predicted"], shown) if keep]
+        observed = [o for o, keep in zip(table["observed"], shown) if keep]
+        top.plot(predicted, observed, "o-", color=color, label=label)
+        centres = np.asarray(table["edges"][:-1]) + (i + 1) * width
+        bottom.bar(centres, table["count"], width=width, color=color)
+    top.plot([0, 1], [0, 1], ls=":", color="0.6", label="perfectly calibrated")
+    top.set(ylabel="observed share referable (grade 2 or worse)", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01),
+            title="Referable DR: calibrated probability on the test split")
+    top.legend(frameon=False, fontsize=8, loc="upper left")
+    bottom.set(xlabel="calibrated referable probability (bin)", ylabel="photos per bin")
+    sns.despine(fig)
+    fig.tight_layout()
+    return fig
+
+
 def overlay_grid(cells: Mapping[tuple[int, str], tuple[object, str]], title: str,
                  kinds: Sequence[str] = ("correct", "wrong")) -> Figure:
     """Overlays in a grid: one row per grade, one column per kind; an absent cell says so."""

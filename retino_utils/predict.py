@@ -5,9 +5,10 @@
 
 It uses what the run learned and never what the new photos look like: the architecture and image
 size of the run's config, the normalisation statistics of its training split, its kept checkpoint
-(chosen on validation) and regression cut points, and the screening threshold chosen on its
-validation split. INPUT is a folder of photos, a text file of paths (one a line), or a dataset in
-one of the three layouts, whose test split (``--split``) is then also scored against its labels.
+(chosen on validation) and regression cut points, and the screening threshold and calibration of
+the referable score (``referable_probability``) fitted on its validation split. INPUT is a folder of
+photos, a text file of paths (one a line), or a dataset in one of the layouts, whose test split
+(``--split``) is then also scored against its labels.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 from . import GRADES
 from .atomic import atomic_path, write_json
+from .calibration import calibrated, calibration_report
 from .cam import grad_cam, overlay, upsample
 from .checkpoint import load_checkpoint, scored_weights
 from .config import TrainConfig, load_config
@@ -92,6 +94,7 @@ class Predictor:
     fuse_eyes: float = 0.0  # the run's weight of a patient's other eye, for photos named <patient>_left/right
     preprocess_size: int = PREPROCESS_SIZE  # --preprocess writes photos this big: the run's training copy's side
     preparation: str = "crop"  # how --preprocess prepares photos: as the run's training copy was prepared
+    calibrator: dict | None = None  # the referable score's isotonic map, fitted on validation (older runs: none)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", batch_size: int | None = None,
@@ -117,7 +120,8 @@ class Predictor:
                    resolve_precision(target, config.precision),
                    channels_last, batch_size or 2 * config.batch_size, metrics, config, config.fuse_eyes,
                    training_copy.size if training_copy else PREPROCESS_SIZE,
-                   training_copy.prepare if training_copy else "crop")
+                   training_copy.prepare if training_copy else "crop",
+                   metrics.get("screening", {}).get("calibration", {}).get("calibrator"))
 
     def loader(self, photos) -> BatchLoader:
         return BatchLoader(photos, self.batch_size, shuffle=False, augment=False, mean=self.mean, std=self.std,
@@ -125,7 +129,8 @@ class Predictor:
 
     def __call__(self, photos: Sequence[ImageSource], tta: bool = False, prepare: str | None = None,
                  show_progress: bool = False) -> pd.DataFrame:
-        """One row per photo: grade, class probabilities (or the regression score), referable score, refer."""
+        """One row per photo: grade, class probabilities (or the regression score), referable score (and its
+        calibrated probability where the run fitted one), refer."""
         source = _Photos(photos, self.image_size, prepare, self.preprocess_size)
         result = evaluate(self.model, None, self.loader(source), device=self.device, precision=self.precision, tta=tta,
                           show_progress=show_progress, desc="grading")
@@ -139,6 +144,8 @@ class Predictor:
             for grade in GRADES:
                 table[f"p{grade}"] = probs[:, grade]
         table["referable_score"] = referable_scores(outputs)
+        if self.calibrator is not None:
+            table["referable_probability"] = calibrated(self.calibrator, table["referable_score"])
         table["refer"] = (table["referable_score"] >= self.refer_threshold) if self.refer_threshold is not None \
             else pd.NA
         return table
@@ -283,6 +290,9 @@ def score_against_labels(table: pd.DataFrame, predictor: Predictor) -> dict:
     thresholds = {name: point["threshold"] for name, point in
                   predictor.metrics.get("screening", {}).get("operating_points", {}).items()}
     metrics["screening"] = {"operating_points": operating_points(thresholds, y_true, score, names, **resampling)}
+    if predictor.calibrator is not None:
+        metrics["screening"]["calibration"] = calibration_report(predictor.calibrator, predictor.config.is_regression,
+                                                                 y_true, score, names, **resampling)
     return metrics
 
 

@@ -223,6 +223,24 @@ def screening_curves(runs: dict[str, RunResult]) -> dict[str, dict]:
             run.metrics["screening"] for run in runs.values() if "screening" in run.metrics}
 
 
+def calibrations(runs: dict[str, RunResult]) -> dict[str, dict]:
+    """Run label -> its referable score's calibration on the test split, for runs that fitted one."""
+    return {run.label: run.metrics["screening"]["calibration"] for run in runs.values()
+            if "calibration" in run.metrics.get("screening", {})}
+
+
+def calibration_lines(runs: dict[str, RunResult]) -> str:
+    """One Markdown line per run: the test split's ECE of the calibrated (and raw) referable score."""
+    lines = []
+    for label, calibration in calibrations(runs).items():
+        fitted = calibration["calibrated"]
+        line = f"- {label}: ECE {with_interval(fitted['ece'], fitted.get('interval'))} calibrated"
+        if "raw" in calibration:
+            line += f", {with_interval(calibration['raw']['ece'], calibration['raw'].get('interval'))} raw"
+        lines.append(f"{line} ({calibration['raw_score']}).")
+    return "\n".join(lines) or "No run has a calibrated referable score yet."
+
+
 def predictions(run: RunResult) -> pd.DataFrame:
     return pd.read_csv(run.path / "predictions.csv")
 

@@ -23,6 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from . import GRADES, screening
+from .calibration import calibration_report, fit_calibrator
 from .checkpoint import restore_rng_state, rng_state, scored_weights
 from .config import TrainConfig
 from .device import PRECISION_LABELS, autocast, grad_scaler, resolve_device, resolve_precision, use_channels_last
@@ -34,7 +35,7 @@ from .eyes import fuse_eyes
 from .loaders import RunData, build_run_data
 from .losses import build_loss
 from .losses.ordinal import frequency_thresholds, tune_thresholds
-from .metrics import compute_metrics
+from .metrics import REFERABLE_GRADE, compute_metrics
 from .models import build_model, freeze_backbone, head_parameters, set_train_mode, unfreeze_all
 from .optim import build_optimizer, build_scheduler
 from .run_folder import RunFolder, history_frame
@@ -339,6 +340,17 @@ def _metrics(result: PassOutputs, thresholds) -> dict:
     return metrics
 
 
+def _calibration(val: PassOutputs, y_true, score, names, config: TrainConfig) -> dict:
+    """``{"calibration": ...}``: the referable score calibrated on validation, measured on the test split;
+    empty when validation lacks either class (nothing to fit)."""
+    referable = val.labels.numpy() >= REFERABLE_GRADE
+    if referable.all() or not referable.any():
+        return {}
+    calibrator = fit_calibrator(referable_scores(val.outputs), referable)
+    return {"calibration": calibration_report(calibrator, config.is_regression, y_true, score, names,
+                                              n_resamples=config.bootstrap, seed=config.seed)}
+
+
 def _score_kept_checkpoint(parts: Components, kept: dict, best: dict) -> tuple[pd.DataFrame, dict]:
     """The kept checkpoint scored once on the test split, with its intervals and screening figures.
 
@@ -375,6 +387,8 @@ def _score_kept_checkpoint(parts: Components, kept: dict, best: dict) -> tuple[p
         "operating_points": screening.operating_points(screening_thresholds, y_true, score, names,
                                                        n_resamples=config.bootstrap, seed=config.seed),
     }
+    if val is not None:
+        metrics["screening"].update(_calibration(val, y_true, score, names, config))
     metrics.update({
         "eval_split": "test", "select_on": config.select_on if config.best_metric != "last" else "last epoch",
         "best_epoch": best["epoch"], "best_metric": best["metric"], "thresholds": cut_points, "tta": config.tta,

@@ -69,9 +69,24 @@ def test_predicting_the_test_split_reproduces_the_run(trained, tiny_dataset, tmp
     assert scored["intervals"]["accuracy"] == pytest.approx(metrics["intervals"]["accuracy"])
     threshold = metrics["screening"]["operating_points"]["target"]["threshold"]
     assert (ours["refer"] == (ours["referable_score"] >= threshold)).all()
+    calibration = metrics["screening"]["calibration"]
+    expected = np.interp(ours["referable_score"], calibration["calibrator"]["x"], calibration["calibrator"]["y"])
+    np.testing.assert_allclose(ours["referable_probability"], expected, atol=1e-12)
+    assert scored["screening"]["calibration"]["calibrated"]["ece"] == pytest.approx(calibration["calibrated"]["ece"])
     overlays = sorted((tmp_path / "cam").glob("*.png"))
     assert [p.stem for p in overlays] == sorted(own["name"])
     assert Image.open(overlays[0]).size == (32, 32)
+
+
+def test_a_run_without_a_calibrator_writes_no_calibrated_probability(trained, tiny_dataset, tmp_path):
+    older = shutil.copytree(trained, tmp_path / "older")
+    metrics = json.loads((older / "metrics.json").read_text())
+    del metrics["screening"]["calibration"]
+    (older / "metrics.json").write_text(json.dumps(metrics))
+    photos = read_split(tiny_dataset, "test").paths[:3]
+    assert "referable_probability" in Predictor.from_run(trained)(photos)
+    table = Predictor.from_run(older)(photos)
+    assert "referable_probability" not in table and table["refer"].notna().all()
 
 
 def test_other_sizes_and_modes_grade_as_their_converted_copies(trained, tiny_dataset, tmp_path):

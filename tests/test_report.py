@@ -23,7 +23,8 @@ from retino_utils.report import ReportContext, build_report, check_parameters, l
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 EXPECTED_FIGURES = [
     "data_grades.png", "data_samples.png", "comparison_resnet18.png", "comparison_resnet50.png",
-    "confusion_grid.png", "imbalance_confusion.png", "imbalance_recall.png", "screening_roc.png", "ablation.png",
+    "confusion_grid.png", "imbalance_confusion.png", "imbalance_recall.png", "screening_roc.png",
+    "screening_calibration.png", "ablation.png",
     *[f"explanations_{run}.png" for run in ("resnet18_scratch", "resnet50_imagenet", "imbalance_regression")],
     *[f"confusion_{run}.png" for run in ("resnet18_scratch", "resnet18_imagenet", "resnet50_scratch",
                                          "resnet50_imagenet")],
