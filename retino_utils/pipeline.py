@@ -112,8 +112,8 @@ def run_settings(pipeline: dict, profile: str, run: str) -> dict:
 def setting_differences(pipeline: dict, profile: str) -> list[str]:
     """How ``profile`` trains its runs unlike the reports (the ``full`` profile), from the settings themselves:
     one line per setting and pair of values, naming the runs it applies to."""
-    if profile == REPORTS_PROFILE:
-        return []
+    if profile == REPORTS_PROFILE or REPORTS_PROFILE not in pipeline["profiles"]:
+        return []  # the reports' own settings, or a pipeline without them to compare with
     runs: dict[tuple[str, str, str], list[str]] = {}
     for run in pipeline["runs"]:
         ours, theirs = run_settings(pipeline, profile, run), run_settings(pipeline, REPORTS_PROFILE, run)

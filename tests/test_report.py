@@ -103,6 +103,8 @@ def test_a_profiles_differences_from_the_reports_come_from_its_settings():
         "recipe: best-cpu instead of the default (b_z)",
     ]
     assert setting_differences(pipeline, "full") == []
+    del pipeline["profiles"]["full"]
+    assert setting_differences(pipeline, "mine") == []  # nothing to compare with
 
 
 # -- the runner's error paths ----------------------------------------------------------------------
@@ -132,7 +134,7 @@ def test_plan_fills_groups_and_waits_for_their_runs(tmp_path):
     assert steps["data"].depends == []
     train = steps["train/resnet50_imagenet"]
     assert train.parameters["settings"] == {"image_size": 80, "epochs": 3, "batch_size": 32, "arch": "resnet50",
-                                            "weights": "imagenet", "fe_epochs": 1, "device": "cpu", "sizes": ""}
+                                            "weights": "imagenet", "fe_epochs": 1, "device": "cpu"}
 
 
 def test_missing_data_folder_is_a_one_line_error(tmp_path):
