@@ -163,13 +163,15 @@ def test_resume_command_adds_resume_once():
 
 def test_ctrl_c_prints_the_command_that_continues_and_it_does(data, tmp_path):
     out = tmp_path / "run"
-    args = ["--data", str(data), "--out", str(out), "--epochs", "3", "--image-size", "32", "--batch-size", "8"]
+    # Enough epochs that the interrupt lands mid-run: three tiny ones once finished before it arrived.
+    args = ["--data", str(data), "--out", str(out), "--epochs", "20", "--image-size", "32", "--batch-size", "8"]
     proc = subprocess.Popen([sys.executable, "-m", "retino_utils.train", *args], text=True,
                             env={**os.environ, "TQDM_DISABLE": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not (out / "last.pt").exists():
         time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -179,7 +181,7 @@ def test_ctrl_c_prints_the_command_that_continues_and_it_does(data, tmp_path):
     assert words[:3] == ["python", "-m", "retino_utils.train"]
     resumed = cli(*words[3:])
     assert resumed.returncode == 0, resumed.stderr
-    assert len(pd.read_csv(out / "history.csv")) == 3
+    assert len(pd.read_csv(out / "history.csv")) == 20
 
 
 def test_missing_imagenet_weights_are_reported_before_torch_is_imported(data, tmp_path):
