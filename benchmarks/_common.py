@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -87,6 +88,16 @@ def external_table(run_dir: str | Path, external: Path, device: str = "auto"):
     table.insert(0, "name", [name for split in splits for name in split.names])
     table.insert(1, "true_grade", np.concatenate([split.labels for split in splits]))
     return table, predictor
+
+
+def device_name(device) -> str:
+    """The GPU's name, or the CPU's with its cores and torch's threads: quoted next to every speed figure."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return f"{caps.get('cpu_name', 'cpu')} ({os.cpu_count()} logical cores, {torch.get_num_threads()} threads)"
 
 
 def smoke_data() -> Path:

@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from _common import EXTERNAL_DATA, add_output_arguments, publish
+from _common import EXTERNAL_DATA, add_output_arguments, device_name, publish
 
 from retino_utils import data
 from retino_utils.data.preprocess import preprocess
@@ -71,8 +72,8 @@ def photos_for_benchmark(args, folder: Path) -> Path:
     return source
 
 
-def rate(read, count: int, batch: int, repeats: int) -> float:
-    """Median images/s of ``read(indices, out)`` over ``repeats`` passes through ``count`` photos in batches."""
+def rate(source, size: int, count: int, batch: int, repeats: int) -> float:
+    """Median images/s of ``source.read`` over ``repeats`` passes through ``count`` photos in batches."""
     rng = np.random.default_rng(0)
     rates = []
     for _ in range(repeats):
@@ -80,19 +81,9 @@ def rate(read, count: int, batch: int, repeats: int) -> float:
         start = time.perf_counter()
         for first in range(0, count, batch):
             indices = order[first:first + batch]
-            read(indices, np.empty((len(indices), *read.shape), dtype=np.uint8))
+            source.read(indices, np.empty((len(indices), size, size, 3), dtype=np.uint8))
         rates.append(count / (time.perf_counter() - start))
     return statistics.median(rates)
-
-
-class Reader:
-    """``source.read`` with the pixel shape the output needs."""
-
-    def __init__(self, source, size: int):
-        self.source, self.shape = source, (size, size, 3)
-
-    def __call__(self, indices, out):
-        self.source.read(indices, out)
 
 
 def measure(args) -> dict:
@@ -105,10 +96,10 @@ def measure(args) -> dict:
         decode = {}
         for threads in sorted({1, cores}):
             decoded = data.DecodedImages(index, args.size, threads)
-            decode[threads] = rate(Reader(decoded, args.size), len(index), args.batch_size, args.repeats)
+            decode[threads] = rate(decoded, args.size, len(index), args.batch_size, args.repeats)
             decoded.pool.shutdown()
         cache = data.ImageCache.build(index, args.size, cache_dir=Path(tmp) / "cache", progress=False)
-        cached = rate(Reader(cache, args.size), len(index), args.batch_size, args.repeats)
+        cached = rate(cache, args.size, len(index), args.batch_size, args.repeats)
     per_photo = args.size * args.size * 3
     per_core = decode[cores] / cores
     gpus = gpu_consumption(args.size)
@@ -116,16 +107,9 @@ def measure(args) -> dict:
         figures["pil_cores_needed"] = {arch: figures[arch] / per_core for arch in ("resnet18", "resnet50")}
     return {"photos": args.photos, "size": args.size, "cache_bytes": args.photos * per_photo,
             "cache_bytes_per_photo": per_photo, "benchmark_photos": len(index), "source": str(source),
-            "median_jpeg_bytes": jpeg_bytes, "cores": cores, "cpu": _cpu_name(),
+            "median_jpeg_bytes": jpeg_bytes, "cores": cores, "cpu": device_name(torch.device("cpu")),
             "pil_images_per_s": {str(k): v for k, v in decode.items()}, "pil_images_per_s_per_core": per_core,
             "cache_images_per_s": cached, "gpus": gpus}
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "cpu"
 
 
 def print_table(r: dict) -> None:

@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import statistics
+import sys
 import tempfile
+import time
 
 # Compile from cold, as a user's first run does: Inductor's on-disk cache would otherwise hide the cost.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="throughput-inductor-"))
-import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,7 +40,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from _common import REAL_DATA, add_output_arguments, publish
+from _common import REAL_DATA, add_output_arguments, device_name, publish
 
 from retino_utils import data
 from retino_utils.device import PRECISION_LABELS, autocast, resolve_device, resolve_precision, use_channels_last
@@ -140,7 +140,7 @@ def measure(args) -> dict:
               f"batch {args.batch_size}; ours in {PRECISION_LABELS[precision]}"
               f"{' + channels_last' if channels_last else ''}{'; eager and torch.compile' if args.compile else ''}",
               flush=True)
-        results = {"device": str(device), "device_name": _device_name(device), "images": source,
+        results = {"device": str(device), "device_name": device_name(device), "images": source,
                    "size": size, "batch_size": args.batch_size, "precision": precision, "channels_last": channels_last,
                    "compile": args.compile,
                    "cache_build_images_per_s": cache_rate, "archs": {}}
@@ -184,13 +184,6 @@ def compile_payback(compile_s: float, eager_rate: float, compiled_rate: float) -
     saved_per_image = 1 / eager_rate - 1 / compiled_rate
     return {"compile_s": compile_s, "compile_speedup": compiled_rate / eager_rate,
             "payback_images": compile_s / saved_per_image if saved_per_image > 0 else None}
-
-
-def _device_name(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return f"{caps.get('cpu_name', 'cpu')} ({os.cpu_count()} logical cores, {torch.get_num_threads()} threads)"
 
 
 def print_table(results: dict) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import GRADE_NAMES, GRADES
 from .atomic import write_text
 from .errors import RetinoError, run_cli
-from .results import RunResult, kept_epoch, load_run, with_interval
+from .results import RunResult, grade0_share, kept_epoch, load_run, with_interval
 
 RARELY_FOUND = 0.3  # a grade's test recall under this is named among the limitations
 FIGURES = (("accuracy", "accuracy", ".1%"), ("QWK", "qwk", ".3f"), ("macro-F1", "macro_f1", ".3f"),
@@ -37,7 +37,7 @@ def model_card(run: RunResult) -> str:
         "## External validation and calibration\n\nNone recorded for this run. Grade photos of another source "
         f"with `python -m retino_utils.predict {run.path} DATASET --preprocess --out grades.csv`, which scores "
         "a labelled dataset's test split; until then the figures above are internal only.",
-        _limitations(metrics),
+        _limitations(run),
     ]) + "\n"
 
 
@@ -103,18 +103,16 @@ def _operating_points(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _limitations(metrics: dict) -> str:
+def _limitations(run: RunResult) -> str:
+    metrics = run.metrics
     lines = ["## Known limitations\n"]
     rare = [f"{grade} {GRADE_NAMES[grade]} ({metrics['recall'][grade]:.2f})" for grade in GRADES
             if metrics["recall"][grade] < RARELY_FOUND]
     if rare:
         lines.append(f"- Grades it finds in fewer than {RARELY_FOUND:.0%} of the test photos that have them: "
                      f"{', '.join(rare)}.")
-    counts = metrics.get("confusion_counts")
-    if counts:
-        said_zero = sum(row[0] for row in counts) / max(sum(map(sum, counts)), 1)
-        true_zero = sum(counts[0]) / max(sum(map(sum, counts)), 1)
-        lines.append(f"- It calls {said_zero:.0%} of the test photos grade 0, which make up {true_zero:.0%} of them.")
+    true_zero = run.counts[0].sum() / run.counts.sum()
+    lines.append(f"- It calls {grade0_share(run):.0%} of the test photos grade 0, which make up {true_zero:.0%} of them.")
     if metrics.get("select_on") == "test":
         lines.append("- Its checkpoint was chosen on the TEST split: the test figures are optimistic.")
     lines.append("- Every figure comes from one source and one split; photos of other cameras can grade far worse "

@@ -114,15 +114,15 @@ def setting_differences(pipeline: dict, profile: str) -> list[str]:
     one line per setting and pair of values, naming the runs it applies to."""
     if profile == REPORTS_PROFILE or REPORTS_PROFILE not in pipeline["profiles"]:
         return []  # the reports' own settings, or a pipeline without them to compare with
-    runs: dict[tuple[str, str, str], list[str]] = {}
+    changes: dict[str, dict[tuple[str, str], list[str]]] = {}  # setting -> (ours, theirs) -> runs
     for run in pipeline["runs"]:
         ours, theirs = run_settings(pipeline, profile, run), run_settings(pipeline, REPORTS_PROFILE, run)
         for key in dict.fromkeys([*theirs, *ours]):
             if ours.get(key) != theirs.get(key):
-                runs.setdefault((key, _shown(ours.get(key)), _shown(theirs.get(key))), []).append(run)
-    first_seen = list(dict.fromkeys(key for key, _, _ in runs))  # one setting's lines together
+                pair = (_shown(ours.get(key)), _shown(theirs.get(key)))
+                changes.setdefault(key, {}).setdefault(pair, []).append(run)
     return [f"{key}: {ours} instead of {theirs} ({_run_list(pipeline, names)})"
-            for (key, ours, theirs), names in sorted(runs.items(), key=lambda item: first_seen.index(item[0][0]))]
+            for key, pairs in changes.items() for (ours, theirs), names in pairs.items()]
 
 
 def _shown(value) -> str:
