@@ -42,8 +42,16 @@ class LayoutSpec:
     image_dirs: tuple[str, ...]  # searched in order; "" is the root itself
     extension: str  # assumed for names without one when the file is missing
     columns: tuple[str, str] = ("", "")  # name and grade columns of a Kaggle-style table
-    detect: Callable[[Path], bool] | None = None  # instead of markers, for layouts no fixed file names
+    header: tuple[str, ...] = ()  # instead of markers: a label table with these columns, under any name
+    detect: Callable[[Path], bool] | None = None  # instead of markers, for layouts of neither kind
     looks_for: str = ""  # what detection looks for, in words (markers when empty)
+
+    def found_in(self, root: Path) -> bool:
+        if self.detect:
+            return self.detect(root)
+        if self.header:
+            return bool(_tables_with(root, self.header))
+        return all((root / marker).is_file() for marker in self.markers)
 
 
 # Detection order: an explicit test split (lab) beats a derived one.
@@ -172,7 +180,7 @@ def detect_layout(root: str | os.PathLike) -> str:
     if not root.is_dir():
         raise RetinoError(f"dataset folder {root} does not exist: pass the folder that holds the label CSVs")
     for name, spec in LAYOUTS.items():
-        if spec.detect(root) if spec.detect else all((root / marker).is_file() for marker in spec.markers):
+        if spec.found_in(root):
             return name
     looked_for = "; ".join(f"{spec.looks_for or ' + '.join(spec.markers)} ({name})" for name, spec in LAYOUTS.items())
     raise RetinoError(f"no dataset layout found in {root}: looked for {looked_for}")
@@ -601,12 +609,6 @@ class LayoutRead:
     derived: bool  # True: rows of both splits, the test split is derived by patient
     excluded: list[tuple[str, str]] = field(default_factory=list)
 
-    def add_found(self, found: list[Path], missing: Path, group: str) -> None:
-        """Record the image of the row ``rows.add`` just accepted."""
-        self.matches.append(found)
-        self.missing.append(missing)
-        self.groups.append(group)
-
 
 def _new_read(derived: bool) -> LayoutRead:
     return LayoutRead(TableRows(), [], [], [], derived)
@@ -614,10 +616,13 @@ def _new_read(derived: bool) -> LayoutRead:
 
 def _add_row(read: LayoutRead, name: str, source: str, grade_text: str, where: str, found: list[Path],
              missing: Path, group: str) -> None:
+    """A row and, when ``rows.add`` accepts it, its image and patient."""
     before = len(read.rows.names)
     read.rows.add(name, source, grade_text, where)
     if len(read.rows.names) > before:
-        read.add_found(found, missing, group)
+        read.matches.append(found)
+        read.missing.append(missing)
+        read.groups.append(group)
 
 
 def _scan_more(root: Path, split: str, layout: str, test_fraction: float, split_seed: int) -> ScannedSplit:
@@ -689,10 +694,6 @@ def _split_of_table(path: Path) -> str:
     return "test" if "test" in path.name.lower() else "train"
 
 
-def _where(root: Path, path: Path) -> str:
-    return _relative(root, path)
-
-
 # Folder per grade: <root>/<g>/*.png, or <root>/train/<g>/ + <root>/test/<g>/ --------------------------
 
 
@@ -750,32 +751,32 @@ def _read_folders(root: Path, split: str) -> LayoutRead:
     read.rows.problems += problems
     advice = f"name grade folders 0-4, or map the name to a grade in {GRADE_NAMES_FILE} (a line 'name,grade')"
     if by_split is not None:  # grade folders beside train/ would be read by neither split
-        read.rows.problems += [(f"{_where(root, folder)}/", "a grade folder beside train/ is not read: move it "
+        read.rows.problems += [(f"{_relative(root, folder)}/", "a grade folder beside train/ is not read: move it "
                                                              "into train/ or test/")
                                for folder in _visible_dirs(root) if folder.name in mapping]
     for base in bases:
         for path in sorted(base.iterdir()):
             if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-                read.rows.problems.append((_where(root, path), f"photo outside a grade folder: move it into "
-                                                               f"{_where(root, base)}/<grade>/"))
+                read.rows.problems.append((_relative(root, path), f"photo outside a grade folder: move it into "
+                                                               f"{_relative(root, base)}/<grade>/"))
         for folder in _visible_dirs(base):
             if by_split is None and folder.name in ("test", *TRAIN_FOLDER_ALIASES):
-                read.rows.problems.append((f"{_where(root, folder)}/", "a split folder without train/ beside it: "
+                read.rows.problems.append((f"{_relative(root, folder)}/", "a split folder without train/ beside it: "
                                                                         "put the training grade folders in train/"))
                 continue
             if folder.name not in mapping:
-                read.rows.problems.append((f"{_where(root, folder)}/", f"folder {folder.name!r} maps to no grade: "
+                read.rows.problems.append((f"{_relative(root, folder)}/", f"folder {folder.name!r} maps to no grade: "
                                                                        f"{advice}"))
                 continue
             for path in sorted(folder.iterdir()):
                 if path.is_dir() and not path.name.startswith("."):
-                    read.rows.problems.append((f"{_where(root, path)}/", "a folder inside a grade folder is not "
+                    read.rows.problems.append((f"{_relative(root, path)}/", "a folder inside a grade folder is not "
                                                                          "read: move its photos up"))
                 elif path.suffix.lower() in OTHER_IMAGE_EXTENSIONS:
-                    read.rows.problems.append((_where(root, path), f"a {path.suffix} photo is not read (only "
+                    read.rows.problems.append((_relative(root, path), f"a {path.suffix} photo is not read (only "
                                                                    f"{', '.join(IMAGE_EXTENSIONS)}): convert it"))
                 elif path.suffix.lower() in IMAGE_EXTENSIONS:
-                    _add_row(read, path.name, _where(root, path), str(mapping[folder.name]), _where(root, path),
+                    _add_row(read, path.name, _relative(root, path), str(mapping[folder.name]), _relative(root, path),
                              [path], path, patient_of(path.name))
     return read
 
@@ -891,7 +892,7 @@ def _read_deepdrid(root: Path, split: str) -> LayoutRead:
     for table in tables:
         if not derived and _split_of_table(table) != split:
             continue
-        for where, cells in _table_records(table, _where(root, table), read.rows.problems):
+        for where, cells in _table_records(table, _relative(root, table), read.rows.problems):
             image_id, patient = cells["image_id"].strip(), cells["patient_id"].strip()
             image_path = cells.get("image_path", "")
             eye = _DEEPDRID_EYE.fullmatch(image_id) or _DEEPDRID_EYE.fullmatch(_stem(Path(image_path).name))
@@ -913,15 +914,14 @@ def _read_deepdrid(root: Path, split: str) -> LayoutRead:
 def label_tables(root: str | os.PathLike, layout: str = "auto") -> list[str]:
     """The label files a layout reads in ``root`` (relative paths): what a preprocessed copy must carry.
 
-    ``LayoutSpec.tables`` names the usual ones; IDRiD, Messidor-2 and DeepDRiD tables are found by their
-    columns, under any name and up to two folders down, so only this lists them all.
+    ``LayoutSpec.tables`` names the usual ones; the tables of a layout with a ``header`` (IDRiD, Messidor-2,
+    DeepDRiD) are found by their columns, under any name and up to two folders down.
     """
     root = Path(root).resolve()
-    layout = resolve_layout(root, layout)
-    found = {name for name in LAYOUTS[layout].tables if (root / name).is_file()}
-    columns = {"idrid": IDRID_COLUMNS, "messidor2": MESSIDOR_COLUMNS, "deepdrid": DEEPDRID_COLUMNS}.get(layout)
-    if columns:
-        found |= {_relative(root, path) for path in _tables_with(root, columns)}
+    spec = LAYOUTS[resolve_layout(root, layout)]
+    found = {name for name in spec.tables if (root / name).is_file()}
+    if spec.header:  # tables found by their columns (``LayoutSpec.header``)
+        found |= {_relative(root, path) for path in _tables_with(root, spec.header)}
     return sorted(found)
 
 
@@ -939,15 +939,15 @@ LAYOUTS.update({
                       looks_for="train.txt with 'name grade' lines"),
     "idrid": LayoutSpec(
         (), ("a. IDRiD_Disease Grading_Training Labels.csv", "b. IDRiD_Disease Grading_Testing Labels.csv"), (),
-        ".jpg", detect=lambda root: bool(_tables_with(root, IDRID_COLUMNS)),
+        ".jpg", header=IDRID_COLUMNS,
         looks_for="a CSV with columns 'Image name','Retinopathy grade'",
     ),
     "messidor2": LayoutSpec(
-        (), ("messidor_data.csv",), (), ".png", detect=lambda root: bool(_tables_with(root, MESSIDOR_COLUMNS)),
+        (), ("messidor_data.csv",), (), ".png", header=MESSIDOR_COLUMNS,
         looks_for="a CSV with columns image_id,adjudicated_dr_grade",
     ),
     "deepdrid": LayoutSpec(
-        (), (), (), ".jpg", detect=lambda root: bool(_tables_with(root, DEEPDRID_COLUMNS)),
+        (), (), (), ".jpg", header=DEEPDRID_COLUMNS,
         looks_for="a CSV with columns patient_id,image_id,left_eye_DR_Level,right_eye_DR_Level",
     ),
     "folders": LayoutSpec((), (GRADE_NAMES_FILE,), (), ".png", detect=_detect_folders,
