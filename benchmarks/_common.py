@@ -73,23 +73,6 @@ def prepared_copy(args, prepare: str) -> Path:
     return copy
 
 
-def external_table(run_dir: str | Path, external: Path, device: str = "auto"):
-    """Every photo of ``external`` (both splits: none was trained on) graded by the run as ``predict
-    --preprocess`` grades new photos (its own preparation, size and cut points), beside the true grades;
-    and the predictor, whose run's thresholds score it."""
-    import numpy as np
-
-    from retino_utils.data import SPLITS, read_split
-    from retino_utils.predict import Predictor
-
-    splits = [read_split(external, split) for split in SPLITS]
-    predictor = Predictor.from_run(Path(run_dir), device)
-    table = predictor([path for split in splits for path in split.paths], prepare=predictor.preparation)
-    table.insert(0, "name", [name for split in splits for name in split.names])
-    table.insert(1, "true_grade", np.concatenate([split.labels for split in splits]))
-    return table, predictor
-
-
 def device_name(device) -> str:
     """The GPU's name, or the CPU's with its cores and torch's threads: quoted next to every speed figure."""
     import torch

@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from _common import EXTERNAL_DATA, external_table, prepared_copy, real_data_parser, run_on_real_data
+from _common import EXTERNAL_DATA, prepared_copy, real_data_parser, run_on_real_data
 
 from retino_utils import NUM_CLASSES, data
 from retino_utils.config import RECIPES, TrainConfig
 from retino_utils.errors import RetinoError, run_cli
 from retino_utils.metrics import compute_metrics
-from retino_utils.predict import score_against_labels
+from retino_utils.external import validate
 from retino_utils.results import load_run, signed_interval, with_interval
 from retino_utils.uncertainty import paired_difference
 from retino_utils.train import fit
@@ -97,9 +97,10 @@ def run(args) -> dict:
                                  "settings": RECIPES[entry.recipe], "prepare": entry.prepare, "out": config.out,
                                  "sizes": config.size_stages(), "training_minutes": finished.history["seconds"].sum() / 60}
         if external is not None:
-            table, predictor = external_table(config.out, external, args.device)
-            tables[name] = table
-            results["runs"][name]["external"] = score_against_labels(table, predictor)
+            checked = validate(finished, "external", external, args.device)
+            tables[name] = checked.table
+            results["runs"][name]["external"] = checked.metrics
+            results["runs"][name]["external_change"] = checked.drop  # external minus internal, unpaired
     ran = [(a, b) for a, b in PAIRS if a in results["runs"] and b in results["runs"]]
     results["differences"] = {f"{a} - {b}": paired_on_test(results["runs"][a]["out"], results["runs"][b]["out"])
                               for a, b in ran}
@@ -153,6 +154,16 @@ def print_table(results: dict) -> None:
             print(f"{r['label']:<{width}} accuracy {with_interval(m['accuracy'], spans['accuracy'], '.1%')}, "
                   f"QWK {with_interval(m['qwk'], spans['qwk'])}, referable AUC "
                   f"{with_interval(m['referable_auc'], spans['referable_auc'])}{point}")
+            change = r.get("external_change")
+            if change:
+                print(f"{'':<{width}} external minus internal (unpaired): "
+                      + ", ".join(f"{figure} {signed_interval(change[figure])}" for figure in figures))
+            for where, metrics in (("internal", r), ("external", m)):
+                calibration = metrics.get("screening", {}).get("calibration")
+                if calibration:
+                    fitted = calibration["calibrated"]
+                    print(f"{'':<{width}} ECE {where} (calibrated on validation): "
+                          f"{with_interval(fitted['ece'], fitted.get('interval'))}")
         for pair, difference in results.get("external_differences", {}).items():
             print(f"{pair}, paired on the same external photos: "
                   + ", ".join(f"{figure} {signed_interval(difference[figure])}" for figure in figures))

@@ -26,12 +26,14 @@ import dataclasses
 import time
 from pathlib import Path
 
-from _common import (EXTERNAL_DATA, external_table, parse_study, prepared_copy, real_data_parser,
+from _common import (EXTERNAL_DATA, parse_study, prepared_copy, real_data_parser,
                      run_on_real_data)
 from cpu_levers import ValidationGrader, summarise
 
 from retino_utils.config import TrainConfig
 from retino_utils.errors import RetinoError, run_cli
+from retino_utils.external import grade_set
+from retino_utils.predict import Predictor
 from retino_utils.results import load_run, signed_interval, with_interval
 from retino_utils.train import fit
 
@@ -79,7 +81,7 @@ def variant_config(name: str, args) -> TrainConfig:
 
 def external_scores(config: TrainConfig, external: Path) -> dict:
     """The run graded on every photo of ``external`` as ``predict --preprocess`` grades new photos."""
-    table, _ = external_table(config.out, external, config.device)
+    table = grade_set(Predictor.from_run(config.out, config.device), external)
     return {"scores": table["score"].to_numpy(), "grades": table["pred_grade"].to_numpy(),
             "labels": table["true_grade"].to_numpy(), "names": table["name"].tolist()}
 

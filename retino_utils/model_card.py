@@ -13,7 +13,7 @@ from pathlib import Path
 from . import GRADE_NAMES, GRADES
 from .atomic import write_text
 from .errors import RetinoError, run_cli
-from .results import RunResult, grade0_share, kept_epoch, load_run, with_interval
+from .results import RunResult, grade0_share, kept_epoch, load_run, signed_interval, with_interval
 
 RARELY_FOUND = 0.3  # a grade's test recall under this is named among the limitations
 FIGURES = (("accuracy", "accuracy", ".1%"), ("QWK", "qwk", ".3f"), ("macro-F1", "macro_f1", ".3f"),
@@ -34,9 +34,8 @@ def model_card(run: RunResult) -> str:
         _training_data(config, metrics),
         _evaluation(metrics),
         _operating_points(metrics),
-        "## External validation and calibration\n\nNone recorded for this run. Grade photos of another source "
-        f"with `python -m retino_utils.predict {run.path} DATASET --preprocess --out grades.csv`, which scores "
-        "a labelled dataset's test split; until then the figures above are internal only.",
+        _calibration(metrics),
+        _external(run),
         _limitations(run),
     ]) + "\n"
 
@@ -103,6 +102,55 @@ def _operating_points(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _calibration(metrics: dict) -> str:
+    calibration = (metrics.get("screening") or {}).get("calibration")
+    if not calibration:
+        return "## Calibration\n\nNone fitted (a run trained before calibration, or without a validation split)."
+    fitted, raw = calibration["calibrated"], calibration.get("raw")
+    lines = ["## Calibration\n",
+             f"The referable score ({calibration['raw_score']}) mapped to a probability by isotonic regression "
+             f"fitted on the validation split; on the test split its expected calibration error is "
+             f"{with_interval(fitted['ece'], fitted.get('interval'))}"
+             + (f" (the raw score's {with_interval(raw['ece'], raw.get('interval'))})." if raw else ".")]
+    return "\n".join(lines)
+
+
+def _external(run: RunResult) -> str:
+    from .external import records
+
+    kept = records(run.path)
+    current = [entry for entry in kept if entry["current"]]
+    lines = ["## External validation (other cameras and populations, never trained on)\n"]
+    if not current:
+        lines.append(f"None recorded for this run: the figures above are internal only. The report's external "
+                     f"notebook (`report --external DIR`) grades every run on other sources and records the result "
+                     f"here.")
+    else:
+        lines += ["Every photo of each set, prepared as `predict --preprocess` prepares camera photos; thresholds "
+                  "and calibration are the ones chosen on internal validation. Change: external minus internal "
+                  "test, with an unpaired interval.\n",
+                  "| set | photos | accuracy | QWK | referable AUC | change in referable AUC | sensitivity / "
+                  "specificity at the validation threshold | ECE |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|"]
+        for entry in current:
+            m, spans = entry["metrics"], entry["metrics"].get("intervals", {})
+            point = m.get("screening", {}).get("operating_points", {}).get("target")
+            calibration = m.get("screening", {}).get("calibration")
+            lines.append(
+                f"| {entry['set']} | {entry['photos']} | {with_interval(m['accuracy'], spans.get('accuracy'), '.1%')} | "
+                f"{with_interval(m['qwk'], spans.get('qwk'))} | "
+                f"{with_interval(m.get('referable_auc'), spans.get('referable_auc'))} | "
+                f"{signed_interval(entry['change']['referable_auc'])} | "
+                + (f"{point['sensitivity']:.1%} / {point['specificity']:.1%}" if point else "none") + " | "
+                + (with_interval(calibration["calibrated"]["ece"], calibration["calibrated"].get("interval"))
+                   if calibration else "none") + " |")
+    stale = [entry["set"] for entry in kept if not entry["current"]]
+    if stale:
+        lines.append(f"\nNot shown: the results on {', '.join(stale)}, which graded an earlier state of this run or a "
+                     f"set that has changed since; the external notebook grades them again.")
+    return "\n".join(lines)
+
+
 def _limitations(run: RunResult) -> str:
     metrics = run.metrics
     lines = ["## Known limitations\n"]
@@ -115,8 +163,8 @@ def _limitations(run: RunResult) -> str:
     lines.append(f"- It calls {grade0_share(run):.0%} of the test photos grade 0, which make up {true_zero:.0%} of them.")
     if metrics.get("select_on") == "test":
         lines.append("- Its checkpoint was chosen on the TEST split: the test figures are optimistic.")
-    lines.append("- Every figure comes from one source and one split; photos of other cameras can grade far worse "
-                 "(see the README's 'Quality on real photos').")
+    lines.append("- The test figures come from the source it was tuned on; photos of other cameras can grade far worse "
+                 "(see the external validation above, and the README's 'Quality on real photos').")
     return "\n".join(lines)
 
 

@@ -42,3 +42,14 @@ def group_runs(given: dict, group: str) -> dict[str, Path]:
     if given:
         return {name: Path(path) for name, path in given.items()}
     return {name: run_dir("", name) for name in runs_in_group(load_pipeline(), group)}
+
+
+def external_sets(given: dict) -> dict[str, Path]:
+    """The external sets a notebook grades: the ones given, or the demo's synthetic second camera (generated
+    here on first use, as the report would)."""
+    if given:
+        return {name: Path(path) for name, path in given.items()}
+    from .synthetic.second_camera import SECOND_CAMERA, profile_second_camera
+
+    spec = load_pipeline()["profiles"]["demo"]["second_camera"]
+    return {SECOND_CAMERA: profile_second_camera(spec, DEMO_DIR / "external" / "second-camera", progress=True)}

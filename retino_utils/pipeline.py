@@ -23,10 +23,11 @@ PIPELINE_FILE = PACKAGE_DIR / "pipeline.yaml"
 
 # The keys each part of the file may hold (values: required or not).
 TOP_KEYS = {"runs": True, "profiles": True, "notebooks": True, "index_figures": False}
-PROFILE_KEYS = {"description": False, "synthetic": False, "prepare": False, "train": False, "runs": False,
-                "differences": False}
+PROFILE_KEYS = {"description": False, "synthetic": False, "second_camera": False, "prepare": False, "train": False,
+                "runs": False, "differences": False}
 PREPARE_KEYS = {"preparation": True, "size": True}  # the copy of the data a profile's runs train on
 SYNTHETIC_KEYS = {"train": True, "test": True, "size": True, "seed": True, "lesion_scale": False}
+SECOND_CAMERA_KEYS = {"photos": True, "size": True, "seed": True, "lesion_scale": False}  # a synthetic external set
 NOTEBOOK_KEYS = {"step": True, "notebook": True, "parameters": False, "per_run": False, "depends": False,
                  "run_groups": False}
 RUN_KEYS_BESIDES_SETTINGS = ("groups",)
@@ -57,6 +58,8 @@ def validate_pipeline(pipeline, where: str = PIPELINE_FILE.name) -> None:
         _keys(spec, PROFILE_KEYS, place)
         if spec.get("synthetic") is not None:
             _keys(spec["synthetic"], SYNTHETIC_KEYS, f"{place} synthetic")
+        if spec.get("second_camera") is not None:
+            _keys(spec["second_camera"], SECOND_CAMERA_KEYS, f"{place} second_camera")
         if spec.get("prepare") is not None:
             _keys(spec["prepare"], PREPARE_KEYS, f"{place} prepare")
             try:
@@ -143,8 +146,11 @@ def _run_list(pipeline: dict, names: list[str]) -> str:
     return ", ".join(shown)
 
 
+EVERY_RUN = "*"  # the group every run belongs to
+
+
 def runs_in_group(pipeline: dict, group: str) -> list[str]:
-    runs = [name for name, spec in pipeline["runs"].items() if group in spec.get("groups", ())]
+    runs = [name for name, spec in pipeline["runs"].items() if group == EVERY_RUN or group in spec.get("groups", ())]
     if not runs:
         known = sorted({g for spec in pipeline["runs"].values() for g in spec.get("groups", ())})
         raise RetinoError(f"no run of group {group!r} in the pipeline: groups are {', '.join(known)}")

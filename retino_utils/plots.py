@@ -270,6 +270,42 @@ def reliability_diagram(calibrations: Mapping[str, dict]) -> Figure:
     return fig
 
 
+def reliability_grid(panels: Mapping[str, Mapping[str, dict]], ncols: int = 4) -> Figure:
+    """One small reliability diagram per run, a line per source (e.g. internal test, an external set).
+
+    ``panels``: panel title -> {source label -> a calibration as ``calibration.calibration_report`` makes it};
+    each point is a bin holding photos, its size the bin's share of them."""
+    if not panels:
+        return nothing_to_draw("no run with a calibrated referable score to show yet")
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows + 0.6), sharex=True, sharey=True,
+                             squeeze=False)
+    sources = list(dict.fromkeys(source for panel in panels.values() for source in panel))
+    colors = dict(zip(sources, sns.color_palette(n_colors=len(sources))))
+    for ax, (title, panel) in zip(axes.flat, panels.items()):
+        ax.plot([0, 1], [0, 1], ls=":", color="0.6")
+        for source, calibration in panel.items():
+            table = calibration["reliability"]
+            shown = [i for i, n in enumerate(table["count"]) if n > 0]
+            share = np.asarray(table["count"], dtype=float)[shown] / max(sum(table["count"]), 1)
+            ax.plot([table["predicted"][i] for i in shown], [table["observed"][i] for i in shown], "-", color=colors[source])
+            ax.scatter([table["predicted"][i] for i in shown], [table["observed"][i] for i in shown], s=10 + 200 * share,
+                       color=colors[source], label=source, zorder=3)
+        ax.set_title(title, fontsize=9)
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    for ax in axes.flat[len(panels):]:
+        ax.set_axis_off()
+    for ax in axes[:, 0]:
+        ax.set_ylabel("observed share referable")
+    for ax in axes[-1]:
+        ax.set_xlabel("calibrated probability")
+    handles = [plt.Line2D([], [], marker="o", color=colors[source], label=source) for source in sources]
+    fig.legend(handles=handles, loc="lower center", ncol=len(sources), frameon=False)
+    sns.despine(fig)
+    fig.tight_layout(rect=(0, 0.6 / (3.2 * nrows + 0.6) + 0.02, 1, 1))
+    return fig
+
+
 def overlay_grid(cells: Mapping[tuple[int, str], tuple[object, str]], title: str,
                  kinds: Sequence[str] = ("correct", "wrong")) -> Figure:
     """Overlays in a grid: one row per grade, one column per kind; an absent cell says so."""
@@ -296,23 +332,29 @@ def overlay_grid(cells: Mapping[tuple[int, str], tuple[object, str]], title: str
 
 
 def interval_dots(frame: pd.DataFrame, title: str = "") -> Figure:
-    """One panel per figure: each run's value as a dot with its 95% interval as a bar (``results.interval_frame``)."""
+    """One panel per figure: each run's value as a dot with its 95% interval as a bar (``results.interval_frame``);
+    with a ``source`` column (e.g. internal test, an external set) one dot per source, side by side."""
     if frame.empty:
         return nothing_to_draw()
     figures = list(dict.fromkeys(frame["figure"]))
     runs = list(dict.fromkeys(frame["run"]))
-    fig, axes = plt.subplots(1, len(figures), figsize=(3.6 * len(figures), 0.55 * len(runs) + 1.6), sharey=True,
-                             squeeze=False)
+    sources = list(dict.fromkeys(frame["source"])) if "source" in frame else [None]
+    fig, axes = plt.subplots(1, len(figures), figsize=(3.6 * len(figures), (0.3 + 0.25 * len(sources)) * len(runs) + 1.6),
+                             sharey=True, squeeze=False)
+    offsets = np.linspace(-0.2, 0.2, len(sources)) if len(sources) > 1 else [0.0]
     for ax, figure in zip(axes[0], figures):
-        part = frame[frame["figure"] == figure].set_index("run").loc[runs]
-        y = np.arange(len(runs))
-        ax.errorbar(part["value"], y, xerr=[part["value"] - part["low"], part["high"] - part["value"]], fmt="o",
-                    color=sns.color_palette()[0], ecolor="0.4", capsize=3)
-        ax.set(title=FIGURE_LABELS.get(figure, figure), yticks=y, yticklabels=runs)
+        for source, offset, color in zip(sources, offsets, sns.color_palette(n_colors=len(sources))):
+            part = frame[(frame["figure"] == figure) & ((frame["source"] == source) if source else True)]
+            y = np.array([runs.index(run) for run in part["run"]]) + offset
+            ax.errorbar(part["value"], y, xerr=[part["value"] - part["low"], part["high"] - part["value"]], fmt="o",
+                        color=color, ecolor=color if source else "0.4", capsize=3, label=source)
+        ax.set(title=FIGURE_LABELS.get(figure, figure), yticks=np.arange(len(runs)), yticklabels=runs)
         ax.invert_yaxis()
         ax.grid(axis="x", color="0.9")
+    if sources[0] is not None:
+        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(sources), frameon=False)
     if title:
         fig.suptitle(title)
     sns.despine(fig)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08 if sources[0] is not None else 0, 1, 1))
     return fig

@@ -32,7 +32,7 @@ from .calibration import calibrated, calibration_report
 from .cam import grad_cam, overlay, upsample
 from .checkpoint import load_checkpoint, scored_weights
 from .config import TrainConfig, load_config
-from .data import BatchLoader, SplitIndex, dataset_fingerprint, detect_layout, read_split
+from .data import SPLITS, BatchLoader, SplitIndex, dataset_fingerprint, detect_layout, read_split
 from .data.images import ImageSource, decode_problem, fundus_doubt, load_rgb, load_resized, square_resize
 from .data.layouts import IMAGE_EXTENSIONS
 from .data.preprocess import PREPARATIONS, copy_settings, preparation_of, prepared_photo
@@ -48,6 +48,7 @@ from .run_safety import recorded_fingerprint, setting_changes
 from .screening import operating_points
 from .uncertainty import N_RESAMPLES, intervals
 
+EVERY_SPLIT = "all"  # --split all: every photo of a dataset (an external set, none of it trained on)
 PREPROCESS_SIZE = 512  # the side `data preprocess` writes by default (for runs not trained on such a copy)
 
 
@@ -233,8 +234,11 @@ def read_inputs(source: str | Path, split: str = "test", run: TrainConfig | None
                 raise RetinoError(f"{source} is the run's own data but has changed since it trained (fingerprint "
                                   f"{run_fingerprint} -> {now}: labels or photos edited), so its {split} split "
                                   f"is no longer the run's: grade a folder of photos instead, or train again")
-    index: SplitIndex = read_split(source, split, **split_settings)
-    return Inputs(list(index.names), list(index.paths), index.labels)
+    indexes: list[SplitIndex] = [read_split(source, part, **split_settings)
+                                 for part in (SPLITS if split == EVERY_SPLIT else (split,))]
+    return Inputs([name for index in indexes for name in index.names],
+                  [Path(path) for index in indexes for path in index.paths],
+                  np.concatenate([index.labels for index in indexes]))
 
 
 def read_path_list(source: Path) -> list[Path]:
@@ -302,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", type=Path, help="a finished training run (metrics.json, best.pt, config.yaml)")
     parser.add_argument("input", type=Path, help="a folder of photos, a text file of paths, or a dataset")
     parser.add_argument("--out", type=Path, required=True, help="CSV of grades to write")
-    parser.add_argument("--split", default="test", choices=("train", "test"), help="dataset input: which split")
+    parser.add_argument("--split", default="test", choices=(*SPLITS, EVERY_SPLIT),
+                        help="dataset input: which split (all: every photo, for a set of another source)")
     parser.add_argument("--tta", action="store_true", help="average over the four flips")
     parser.add_argument("--cam", type=Path, help="folder for one Grad-CAM overlay PNG per photo")
     parser.add_argument("--cam-target", default="grade", choices=("grade", "referable"),
@@ -351,6 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_outputs(args.out, args.cam)
     predictor = Predictor.from_run(args.run_dir, args.device, args.batch_size)
     inputs = read_inputs(args.input, args.split, predictor.config, recorded_fingerprint(args.run_dir))
+    if inputs.labels is not None and args.split != "test" and os.path.realpath(args.input) == os.path.realpath(
+            predictor.config.data):
+        print(f"note: the {args.split} split of {args.input} holds the photos {args.run_dir} trained on: its figures "
+              f"against the labels are no test (--split test is)", file=sys.stderr)
     prepare = (args.prepare or predictor.preparation) if args.preprocess else None
     if note := preparation_note(args.run_dir, predictor.config, inputs.paths, prepare):
         print(note, file=sys.stderr)

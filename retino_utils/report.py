@@ -1,7 +1,7 @@
 """Build the whole report: execute the notebooks with papermill, then render them to HTML.
 
-``python -m retino_utils.report [--profile demo|cpu|full|smoke] [--data DIR] [--out DIR] [--only STEP]
-[--force] [--device ...]``. The pipeline (notebooks, runs, settings per profile) is ``pipeline.yaml``
+``python -m retino_utils.report [--profile demo|cpu|full|smoke] [--data DIR] [--external DIR ...] [--out DIR]
+[--only STEP] [--force] [--device ...]``. The pipeline (notebooks, runs, settings per profile) is ``pipeline.yaml``
 beside this file. A step whose notebook, parameters, upstream results and package code are unchanged
 is skipped, so a second run is quick and an interrupted one resumes (training runs resume from their
 last checkpoint). Executed notebooks go to ``OUT/notebooks``, the rendered pages to ``OUT/report``,
@@ -35,7 +35,9 @@ from .data.preprocess import preprocess
 from .render import export_pdf, find_chromium, render_report
 from .results import load_run
 from .run_safety import RunLock, data_fingerprint, holds_run, in_use_message, run_changes, supersede
+from .external import external_sets
 from .synthetic import profile_dataset
+from .synthetic.second_camera import SECOND_CAMERA, profile_second_camera
 
 KERNEL = "python3"
 ECHO_SECONDS = 0.5  # how often the events of a training notebook are echoed
@@ -49,6 +51,7 @@ class Step:
     run: str | None = None  # the training run this step produces
     settings: dict | None = None  # that run's settings
     depends: list[str] = field(default_factory=list)
+    reads_external: bool = False  # grades the external sets: their photos are part of what it depends on
 
 
 @dataclass
@@ -72,7 +75,8 @@ def fill(template, values: dict):
 
 def plan(pipeline: dict, profile: str, ctx: "ReportContext") -> list[Step]:
     """Every notebook execution the pipeline declares, with its parameters and the steps it waits for."""
-    folders = {"data": str(ctx.data_dir), "figures": str(ctx.figures), "out": str(ctx.out)}
+    folders = {"data": str(ctx.data_dir), "figures": str(ctx.figures), "out": str(ctx.out),
+               "external": {name: str(folder) for name, folder in ctx.external.items()}}
     run_dirs = {name: str(ctx.out / "runs" / name) for name in pipeline["runs"]}
     train_step: dict[str, str] = {}
     steps: list[Step] = []
@@ -94,7 +98,8 @@ def plan(pipeline: dict, profile: str, ctx: "ReportContext") -> list[Step]:
             members = runs_in_group(pipeline, group)
             parameters[parameter] = {name: run_dirs[name] for name in members}
             depends += [train_step[name] for name in members if name in train_step]
-        steps.append(Step(entry["step"], notebook, parameters, depends=list(dict.fromkeys(depends))))
+        steps.append(Step(entry["step"], notebook, parameters, depends=list(dict.fromkeys(depends)),
+                          reads_external="{external}" in (template or {}).values()))
     return steps
 
 
@@ -252,13 +257,15 @@ class ReportContext:
     figures: Path
     device: str
     source_dir: Path | None = None  # the data as given, where the profile prepares a copy of it
+    external: dict[str, Path] = field(default_factory=dict)  # external sets by name: graded, never trained on
 
     @property
     def given_data(self) -> Path:
         return self.source_dir or self.data_dir
 
 
-def resolve_context(pipeline: dict, profile: str, data: str | None, out: str | None, device: str) -> ReportContext:
+def resolve_context(pipeline: dict, profile: str, data: str | None, out: str | None, device: str,
+                    external: Sequence[str] = ()) -> ReportContext:
     if profile not in pipeline["profiles"]:
         raise RetinoError(f"unknown profile {profile!r}: choose one of {', '.join(pipeline['profiles'])}")
     out_dir = Path(out).resolve() if out else BUILD_DIR / profile
@@ -274,10 +281,12 @@ def resolve_context(pipeline: dict, profile: str, data: str | None, out: str | N
         raise RetinoError(f"profile {profile} needs your data: pass --data DIR (lab, kaggle or aptos layout)")
     # The demo's figures are the repository's figures/; other builds keep theirs beside the report.
     figures = FIGURES_DIR if profile == "demo" and not out else out_dir / "figures"
+    sets = {SECOND_CAMERA: out_dir / "external" / "second-camera"} if spec.get("second_camera") else {}
+    sets.update(external_sets(external))
     if prepared := spec.get("prepare"):  # the runs train on a copy prepared to one look, made once under OUT
         copy = out_dir / "prepared" / f"{prepared['preparation']}-{prepared['size']}px"
-        return ReportContext(profile, copy, out_dir, figures, device, source_dir=data_dir)
-    return ReportContext(profile, data_dir, out_dir, figures, device)
+        return ReportContext(profile, copy, out_dir, figures, device, source_dir=data_dir, external=sets)
+    return ReportContext(profile, data_dir, out_dir, figures, device, external=sets)
 
 
 def prepare_data(ctx: ReportContext, pipeline: dict) -> None:
@@ -286,6 +295,9 @@ def prepare_data(ctx: ReportContext, pipeline: dict) -> None:
     if spec and ctx.given_data == ctx.out / "data":
         print(f"[data] synthetic fundus photos in {ctx.given_data}", flush=True)
         profile_dataset(spec, ctx.given_data)
+    if camera := profile.get("second_camera"):
+        print(f"[data] the synthetic second camera's photos (external) in {ctx.external[SECOND_CAMERA]}", flush=True)
+        profile_second_camera(camera, ctx.external[SECOND_CAMERA])
     if ctx.source_dir is not None:
         prepared = profile["prepare"]
         print(f"[data] {ctx.source_dir} prepared as {prepared['preparation']} at {prepared['size']} px in "
@@ -299,7 +311,7 @@ def prepare_data(ctx: ReportContext, pipeline: dict) -> None:
 
 def build_report(profile: str = "demo", data: str | None = None, out: str | None = None, only: str | None = None,
                  force: bool = False, device: str = "auto", pipeline_file: str | Path = PIPELINE_FILE,
-                 strict: bool = False, pdf: bool = False) -> int:
+                 strict: bool = False, pdf: bool = False, external: Sequence[str] = ()) -> int:
     """Execute and render the report; returns the exit status.
 
     A run missing only because its ImageNet weights cannot be had offline is listed (here and at the
@@ -307,7 +319,7 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
     """
     started = time.perf_counter()
     pipeline = load_pipeline(pipeline_file)
-    ctx = resolve_context(pipeline, profile, data, out, device)
+    ctx = resolve_context(pipeline, profile, data, out, device, external)
     steps = plan(pipeline, profile, ctx)
     check_parameters(steps)
     selected = [s for s in steps if only is None or fnmatch.fnmatchcase(s.name, only) or s.name.split("/")[0] == only]
@@ -319,6 +331,7 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
                           "(Debian/Ubuntu), then run the same command (finished steps are skipped), or drop --pdf")
     prepare_data(ctx, pipeline)
     fingerprint = dataset_fingerprint(ctx.data_dir)  # as the notebooks see it: a change re-executes every step
+    external_fingerprint = ",".join(dataset_fingerprint(folder) for folder in ctx.external.values())
     code = package_digest()
     for folder in ("notebooks", "steps"):
         (ctx.out / folder).mkdir(parents=True, exist_ok=True)
@@ -329,7 +342,8 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
     for number, step in enumerate(steps, 1):
         record_path = ctx.out / "steps" / f"{step.name.replace('/', '__')}.json"
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
-        hashes[step.name] = step_hash(step, code, fingerprint, hashes)
+        data_state = fingerprint + (external_fingerprint if step.reads_external else "")
+        hashes[step.name] = step_hash(step, code, data_state, hashes)
         if step not in selected:
             outcomes[step.name] = earlier_outcome(record)
             continue
@@ -407,6 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="demo: synthetic data, ~10 min on a CPU; full: your data with the reports' settings; "
                              "smoke: tiny, for tests")
     parser.add_argument("--data", help="dataset folder (required for --profile cpu and full)")
+    parser.add_argument("--external", action="append", default=[], metavar="DIR",
+                        help="a labelled dataset of another camera or population to validate every main run on "
+                             "(never trained on); repeat for several")
     parser.add_argument("--out", help="build folder (default build/PROFILE)")
     parser.add_argument("--only", help="run only the matching step(s), e.g. data, train, 'train/resnet50_*', imbalance")
     parser.add_argument("--force", action="store_true",
@@ -419,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pdf", action="store_true", help="also write OUT/report/report.pdf (needs Chromium)")
     args = parser.parse_args(argv)
     return build_report(args.profile, args.data, args.out, args.only, args.force, args.device, args.pipeline,
-                        args.strict, args.pdf)
+                        args.strict, args.pdf, args.external)
 
 
 if __name__ == "__main__":

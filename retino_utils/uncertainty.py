@@ -5,7 +5,8 @@ photo names carry one (``<patient>_left/right``: both eyes stay together, as the
 correlated) and photos otherwise; each resample's figures are computed from its confusion matrix.
 Percentile intervals are taken over the resamples where a figure is defined (a resample without
 grade-3 photos has no grade-3 recall). ``paired_difference`` resamples the same patients for two
-runs scored on the same photos, so the interval is that of the difference itself.
+runs scored on the same photos, so the interval is that of the difference itself;
+``unpaired_difference`` resamples two different sets of photos each on its own.
 """
 
 from __future__ import annotations
@@ -68,13 +69,11 @@ def auc(positive: np.ndarray, score: np.ndarray | None) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups: np.ndarray, n_resamples: int = N_RESAMPLES,
-              seed: int = 0, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval of ``statistic(photo indices)`` over resamples of whole groups.
+def resampled(statistic: Callable[[np.ndarray], np.ndarray], groups: np.ndarray, n_resamples: int = N_RESAMPLES,
+              seed: int = 0) -> np.ndarray:
+    """``statistic(photo indices)`` over resamples of whole groups: an array (figures, resamples).
 
-    ``statistic`` maps the photo indices of one resample (patients drawn with replacement, each
-    bringing all its photos) to a vector; returns the lower and upper bounds, NaN where a figure
-    was undefined in most resamples.
+    Each resample draws the groups (patients) with replacement, each bringing all its photos.
     """
     from scipy.stats import bootstrap as scipy_bootstrap
 
@@ -83,16 +82,28 @@ def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups: np.ndarray,
     def over_groups(chosen: np.ndarray) -> np.ndarray:
         return statistic(np.concatenate([members[g] for g in chosen.astype(int)]))
 
-    with warnings.catch_warnings():  # undefined figures (NaN) are handled below, not warned about
+    with warnings.catch_warnings():  # undefined figures (NaN) are handled by percentiles(), not warned about
         warnings.simplefilter("ignore")
         result = scipy_bootstrap((np.arange(len(members)),), over_groups, n_resamples=n_resamples,
-                                 vectorized=False, method="percentile", confidence_level=confidence,
-                                 rng=np.random.default_rng(seed))
-        distribution = np.atleast_2d(result.bootstrap_distribution)
-        tail = 100 * (1 - confidence) / 2
-        defined = np.isfinite(distribution).mean(axis=-1) >= 0.5
+                                 vectorized=False, method="percentile", rng=np.random.default_rng(seed))
+    return np.atleast_2d(result.bootstrap_distribution)
+
+
+def percentiles(distribution: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval per row of (figures, resamples), over the resamples where a figure is defined;
+    NaN where it was undefined in most of them."""
+    tail = 100 * (1 - confidence) / 2
+    defined = np.isfinite(distribution).mean(axis=-1) >= 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         low, high = (np.nanpercentile(distribution, q, axis=-1) for q in (tail, 100 - tail))
     return np.where(defined, low, np.nan), np.where(defined, high, np.nan)
+
+
+def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups: np.ndarray, n_resamples: int = N_RESAMPLES,
+              seed: int = 0, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of ``statistic(photo indices)`` (a vector) over resamples of whole groups."""
+    return percentiles(resampled(statistic, groups, n_resamples, seed), confidence)
 
 
 def intervals(y_true, y_pred, score=None, names: Sequence[str] | None = None, n_resamples: int = N_RESAMPLES,
@@ -125,3 +136,25 @@ def paired_difference(y_true, pred_a, pred_b, score_a=None, score_b=None, names:
             for name, d, lo, hi in zip(FIGURES, point, low, high)}
 
 
+
+
+def unpaired_difference(first: tuple, second: tuple, n_resamples: int = N_RESAMPLES,
+                        seed: int = 0) -> dict[str, dict]:
+    """``{figure: {"difference": second - first, "interval": [low, high]}}`` for one model scored on two
+    different sets of photos (e.g. internal test vs an external set): each ``(y_true, y_pred, score, names)``
+    is resampled on its own, by patient, and the interval is that of the difference of the resampled figures."""
+    samples = []
+    for (y_true, y_pred, score, names), stream in zip((first, second), (0, 1)):
+        y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+        score = None if score is None else np.asarray(score, dtype=np.float64)
+        groups = patient_groups(names) if names is not None else np.arange(len(y_true))
+
+        def statistic(idx, y_true=y_true, y_pred=y_pred, score=score):
+            return figures(y_true[idx], y_pred[idx], None if score is None else score[idx])
+
+        samples.append((statistic(np.arange(len(y_true))),
+                        resampled(statistic, groups, n_resamples, seed + stream) if n_resamples else None))
+    (point_a, spread_a), (point_b, spread_b) = samples
+    low, high = percentiles(spread_b - spread_a) if n_resamples else (np.full(len(FIGURES), np.nan),) * 2
+    return {name: {"difference": json_float(d), "interval": [json_float(lo), json_float(hi)]}
+            for name, d, lo, hi in zip(FIGURES, point_b - point_a, low, high)}

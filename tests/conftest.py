@@ -41,3 +41,16 @@ def write_lab_dataset(root, n_train=40, n_test=20, size=32, seed=0):
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     return write_lab_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_dataset):
+    """A finished two-epoch run on ``tiny_dataset`` (with a validation split, so thresholds and calibration);
+    tests that change a run copy it first."""
+    from retino_utils.config import TrainConfig
+    from retino_utils.train import fit
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    fit(TrainConfig(data=str(tiny_dataset), out=str(out), epochs=2, batch_size=8, image_size=32, device="cpu",
+                    progress=False, bootstrap=200, lr=0.01, val_fraction=0.25))
+    return out

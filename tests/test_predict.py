@@ -15,21 +15,12 @@ import yaml
 from PIL import Image
 
 from retino_utils.checkpoint import load_checkpoint, save_checkpoint
-from retino_utils.config import TrainConfig, load_config
+from retino_utils.config import load_config
 from retino_utils.data import read_split
 from retino_utils.data.images import load_rgb, square_resize
 from retino_utils.data.preprocess import preprocess
 from retino_utils.predict import Predictor, preparation_note
 from retino_utils.synthetic import generate_dataset, mask_path, render_fundus
-from retino_utils.train import fit
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_dataset):
-    out = tmp_path_factory.mktemp("run") / "run"
-    fit(TrainConfig(data=str(tiny_dataset), out=str(out), epochs=2, batch_size=8, image_size=32, device="cpu",
-                    progress=False, bootstrap=200, lr=0.01, val_fraction=0.25))
-    return out
 
 
 def run_trained_on(trained, data, folder):
@@ -190,3 +181,12 @@ def test_preprocess_prepares_photos_at_the_side_of_the_runs_training_copy(traine
     at_512, _ = dataclasses.replace(predictor, preprocess_size=512).cams(raw, prepare=predictor.preparation)
     np.testing.assert_array_equal(at_copy_side, seen_in_training)
     assert not np.array_equal(at_512, seen_in_training)  # the side matters
+
+
+def test_every_split_of_the_runs_own_data_is_graded_with_a_note_that_it_is_no_test(trained, tiny_dataset, tmp_path):
+    result = predict_cli(trained, tiny_dataset, "--split", "all", "--out", tmp_path / "all.csv")
+    assert result.returncode == 0, result.stderr
+    graded = pd.read_csv(tmp_path / "all.csv")
+    expected = [*read_split(tiny_dataset, "train").names, *read_split(tiny_dataset, "test").names]
+    assert graded["name"].tolist() == list(expected)
+    assert "holds the photos" in result.stderr and "no test" in result.stderr

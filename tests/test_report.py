@@ -19,12 +19,14 @@ from retino_utils.errors import RetinoError
 from retino_utils.paths import NOTEBOOKS_DIR
 from retino_utils.pipeline import setting_differences
 from retino_utils.report import ReportContext, build_report, check_parameters, load_pipeline, plan, resolve_context
+from retino_utils.synthetic.second_camera import generate_second_camera
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 EXPECTED_FIGURES = [
     "data_grades.png", "data_samples.png", "comparison_resnet18.png", "comparison_resnet50.png",
     "confusion_grid.png", "imbalance_confusion.png", "imbalance_recall.png", "screening_roc.png",
-    "screening_calibration.png", "ablation.png",
+    "screening_calibration.png", "ablation.png", "external_validation.png", "external_confusion.png",
+    "external_calibration.png",
     *[f"explanations_{run}.png" for run in ("resnet18_scratch", "resnet50_imagenet", "imbalance_regression")],
     *[f"confusion_{run}.png" for run in ("resnet18_scratch", "resnet18_imagenet", "resnet50_scratch",
                                          "resnet50_imagenet")],
@@ -183,8 +185,9 @@ def smoke_report(tmp_path_factory):
     torch_home = root / "torch"
     write_fake_imagenet_weights(torch_home)
     env = {"TORCH_HOME": str(torch_home), "RETINO_CACHE": str(root / "cache")}
-    first = run_report("--profile", "smoke", "--out", root / "out", "--device", "cpu", env=env)
-    second = run_report("--profile", "smoke", "--out", root / "out", "--device", "cpu", env=env)
+    clinic = generate_second_camera(root / "clinic", 12, size=64, seed=7, workers=1, progress=False)  # a user's set
+    first = run_report("--profile", "smoke", "--out", root / "out", "--device", "cpu", "--external", clinic, env=env)
+    second = run_report("--profile", "smoke", "--out", root / "out", "--device", "cpu", "--external", clinic, env=env)
     return root / "out", first, second
 
 
@@ -211,9 +214,14 @@ def test_smoke_report_builds_everything(smoke_report):
         assert data.startswith(b"\x89PNG") and len(data) > 2000, name
     for name in ("comparison_resnet18.png", "confusion_grid.png", "imbalance_recall.png"):
         assert base64.b64encode((figures / name).read_bytes()).decode() in index
-    for step in ("data", "comparison", "confusion", "imbalance", "explanations", "ablation", "train_resnet50_imagenet"):
+    for step in ("data", "comparison", "confusion", "imbalance", "explanations", "ablation", "external",
+                 "train_resnet50_imagenet"):
         page = out / "report" / f"{step}.html"
         assert page.is_file() and "data:image/png;base64" in page.read_text(), step
+    external = (out / "report" / "external.html").read_text()
+    for run in pipeline["runs"]:  # every run graded on the profile's second camera and on the set given
+        assert external.count(f"<strong>{run}</strong> on synthetic second camera") == 2, run
+        assert external.count(f"<strong>{run}</strong> on clinic") == 2, run
     assert "missing from this report" not in index
     for line in pipeline["profiles"]["smoke"]["differences"]:  # the profile says how it differs from the reports
         assert html.escape(line) in index

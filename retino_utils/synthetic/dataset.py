@@ -68,9 +68,9 @@ def grade_counts(n: int, shares: Sequence[float]) -> np.ndarray:
     return counts
 
 
-def image_name(index: int) -> str:
+def image_name(index: int, first_patient: int = FIRST_PATIENT) -> str:
     """Kaggle-style name: consecutive images are the left and right eye of one patient."""
-    return f"{FIRST_PATIENT + index // 2}_{'left' if index % 2 == 0 else 'right'}"
+    return f"{first_patient + index // 2}_{'left' if index % 2 == 0 else 'right'}"
 
 
 def plan_dataset(n_train: int, n_test: int, seed: int, shares: Sequence[float]) -> dict[str, list[tuple[str, int]]]:
@@ -121,9 +121,11 @@ def _make_image(path: str, grade: int, size: int, seed: int, index: int, lesion_
     return True
 
 
-def _dataset_params(n_train: int, n_test: int, size: int, seed: int, shares: Sequence[float],
-                    lesion_scale: float) -> dict:
-    checks = (("--train", n_train, 1), ("--test", n_test, 1), ("--size", size, 32), ("--seed", seed, 0))
+def dataset_params(counts: dict[str, int], size: int, seed: int, shares: Sequence[float], lesion_scale: float) -> dict:
+    """The arguments a synthetic set is made with, checked (a RetinoError naming the option) and JSON-ready;
+    ``counts`` maps ``n_train`` / ``n_test`` / ``photos`` to a number of photos."""
+    checks = [*((f"--{key.removeprefix('n_')}", value, 1) for key, value in counts.items()),
+              ("--size", size, 32), ("--seed", seed, 0)]
     for label, value, low in checks:
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise RetinoError(f"{label} {value!r} must be a whole number >= {low}")
@@ -134,8 +136,7 @@ def _dataset_params(n_train: int, n_test: int, size: int, seed: int, shares: Seq
     return {
         "generator": "retino_utils.synthetic",
         "version": GENERATOR_VERSION,
-        "n_train": int(n_train),
-        "n_test": int(n_test),
+        **{key: int(value) for key, value in counts.items()},
         "size": int(size),
         "seed": int(seed),
         "shares": [round(s, 9) for s in normalise_shares(shares)],
@@ -148,7 +149,7 @@ def _csv_paths(out: Path) -> list[Path]:
     return [out / f"{split}_{kind}.csv" for split in SPLITS for kind in ("img", "label")]
 
 
-def _check_folder(out: Path, params: dict) -> None:
+def check_folder(out: Path, params: dict) -> None:
     """Refuse a folder that holds anything but a (partial) dataset made with these same arguments."""
     if out.exists() and not out.is_dir():
         raise RetinoError(f"--out {out} is a file: pick a folder")
@@ -186,10 +187,10 @@ def generate_dataset(out: str | os.PathLike, n_train: int, n_test: int, size: in
     shows a bar (``TQDM_DISABLE=1`` also hides it) and prints a one-line summary.
     """
     out = Path(out)
-    params = _dataset_params(n_train, n_test, size, seed, shares, lesion_scale)
+    params = dataset_params({"n_train": n_train, "n_test": n_test}, size, seed, shares, lesion_scale)
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise RetinoError(f"--workers {workers!r} must be a whole number >= 1")
-    _check_folder(out, params)
+    check_folder(out, params)
     plan = plan_dataset(n_train, n_test, seed, shares)
     if (out / PARAMS_FILE).is_file() and _is_complete(out, plan):
         if progress:
