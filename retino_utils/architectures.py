@@ -22,6 +22,7 @@ class Architecture:
     layers: tuple[int, int, int, int]  # blocks per stage
 
 
+IMPLS = ("torchvision", "native")  # how a ResNet is built: torchvision's, or from its blocks (resnet_native.py)
 ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (
     Architecture("resnet18", "ResNet-18", "ResNet18_Weights",
                  "https://download.pytorch.org/models/resnet18-f37072fd.pth", "basic", (2, 2, 2, 2)),

@@ -12,7 +12,8 @@ from typing import Literal
 
 import yaml
 
-from .architectures import ARCHITECTURES
+from .architectures import ARCHITECTURES, IMPLS
+from .losses import CLASS_WEIGHTINGS, LOSSES, REGRESSION_LOSSES
 from .errors import RetinoError
 
 # Named recipes fill in settings the user did not give explicitly.
@@ -37,7 +38,6 @@ def setting(default, help: str):
 
 # Settings that change how a run is executed but not what it computes: a resumed run may differ in them.
 RUNTIME_FIELDS = ("out", "resume", "device", "progress", "workers", "compile")
-REGRESSION_LOSSES = ("mse", "smooth_l1")  # losses that train the one-output (ordinal regression) head
 MIN_IMAGE_SIZE = 16  # the smallest side the ResNets still reduce to a 1 x 1 feature map
 PATH_FIELDS = ("data", "out")  # stored absolute: a relative path means another folder elsewhere
 TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "none"}
@@ -52,7 +52,7 @@ class TrainConfig:
     out: str = setting("", "run folder for checkpoints, history.csv, predictions.csv, metrics.json")
     arch: Literal[tuple(ARCHITECTURES)] = "resnet18"  # the choices: retino_utils/architectures.py
     weights: str | None = setting(None, "none | imagenet | PATH to a state dict or checkpoint")
-    impl: Literal["torchvision", "native"] = setting("torchvision", "native = the ResNets built from their "
+    impl: Literal[IMPLS] = setting("torchvision", "native = the ResNets built from their "
                                                      "blocks, as reports 003/004 did (same weights and outputs)")
     epochs: int = 10
     fe_epochs: int = setting(0, "leading feature-extraction epochs (backbone frozen, only the head trains)")
@@ -67,12 +67,12 @@ class TrainConfig:
     sizes: str = setting("", "progressive resizing: smaller sizes trained first, as SIZE:EPOCHS pairs (e.g. "
                          "128:10,192:8); the remaining epochs train at image_size, and only they can be kept "
                          "(a recipe's schedule applies only when image_size is not given)")
-    loss: Literal["ce", "wce", "focal", "mse", "smooth_l1"] = "ce"
+    loss: Literal[LOSSES] = "ce"  # the choices: retino_utils/losses/__init__.py
     focal_gamma: float = 2.0
     cut_points: Literal["qwk", "frequencies"] = setting(
         "qwk", "regression cut points, set on the validation split: qwk = tuned for its QWK; frequencies = "
                "each grade gets its share of the training split (no validation labels used)")
-    class_weighting: Literal["inverse", "report002"] = setting("inverse", "class weights of wce (and focal alpha)")
+    class_weighting: Literal[CLASS_WEIGHTINGS] = setting("inverse", "class weights of wce (and focal alpha)")
     sampler: Literal["none", "weighted", "weighted_to_natural"] = setting(
         "none", "weighted = every grade drawn equally often; weighted_to_natural = from that at the first epoch "
                 "to the natural frequencies at the last, linearly")

@@ -10,8 +10,6 @@ two sets share no photo).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -24,9 +22,10 @@ from .atomic import write_json
 from .data import dataset_fingerprint, detect_layout
 from .data.images import decode_problem
 from .errors import RetinoError
+from .model_card import write_model_card
 from .predict import EVERY_SPLIT, Predictor, read_inputs, score_against_labels
-from .results import (PAIRED_FIGURES, RunResult, difference_verdict, fmt, predictions, signed_interval,
-                      with_interval)
+from .results import (EXTERNAL_RECORDS, PAIRED_FIGURES, RunResult, difference_verdict, fmt, predictions, run_state,
+                      signed_interval, with_interval)
 from .screening import SENSITIVITY_TARGET
 from .uncertainty import N_RESAMPLES, unpaired_difference
 
@@ -111,44 +110,15 @@ def validate_all(runs: Mapping[str, RunResult], sets: Mapping[str, str | Path], 
 
 
 # -- kept beside the run ---------------------------------------------------------------------------------
-RECORDS = "external"  # RUN/external/<set>.json: what the model card quotes
-
-
-def run_state(run_dir: Path) -> str:
-    """A digest of the run's record (metrics.json): an external result graded another state of the run if it differs."""
-    return hashlib.sha256((Path(run_dir) / "metrics.json").read_bytes()).hexdigest()[:16]
-
-
 def record(result: ExternalResult) -> Path:
     """Keep ``result`` beside its run (``RUN/external/<set>.json``, replacing the set's earlier one) and write the
-    run's model card again, which quotes it."""
-    from .model_card import write_model_card
-
-    path = result.run.path / RECORDS / f"{result.set_name.replace('/', '__')}.json"
+    run's model card again, which quotes it (``results.external_records`` reads it back)."""
+    path = result.run.path / EXTERNAL_RECORDS / f"{result.set_name.replace('/', '__')}.json"
     write_json(path, {"set": result.set_name, "folder": str(result.folder), "fingerprint": dataset_fingerprint(result.folder),
                       "run_state": run_state(result.run.path), "photos": len(result.table), "metrics": result.metrics,
                       "change": result.drop})
     write_model_card(result.run.path)
     return path
-
-
-def records(run_dir: Path) -> list[dict]:
-    """The external results kept beside a run, each with ``current``: False where it graded another state of the
-    run or its set has changed (or gone) since, so it must not pass for the run's."""
-    found = []
-    for path in sorted((Path(run_dir) / RECORDS).glob("*.json")):
-        kept = json.loads(path.read_text())
-        folder = Path(kept["folder"])
-        same_set = folder.is_dir() and _fingerprint_or_none(folder) == kept["fingerprint"]
-        found.append({**kept, "current": same_set and kept["run_state"] == run_state(run_dir)})
-    return found
-
-
-def _fingerprint_or_none(folder: Path) -> str | None:
-    try:
-        return dataset_fingerprint(folder)
-    except RetinoError:
-        return None
 
 
 # -- what the notebook shows --------------------------------------------------------------------------------
@@ -183,7 +153,7 @@ def comparison_table(results: Sequence[ExternalResult], figures: Sequence[str] =
                                                         signed.lstrip("+"))
             row[f"{label} change"] = signed_interval(result.drop[figure], signed)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).set_index("run")
 
 
 def screening_table(results: Sequence[ExternalResult], point: str = "target") -> pd.DataFrame:
@@ -198,7 +168,7 @@ def screening_table(results: Sequence[ExternalResult], point: str = "target") ->
                 row[f"{figure} {where}"] = (with_interval(chosen[figure], chosen.get(f"{figure}_interval"), ".1%")
                                             if chosen else "no threshold")
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).set_index("run")
 
 
 def calibration_table(results: Sequence[ExternalResult]) -> pd.DataFrame:
@@ -212,7 +182,7 @@ def calibration_table(results: Sequence[ExternalResult]) -> pd.DataFrame:
                                                  calibration["calibrated"].get("interval"))
                                    if calibration else "not fitted")
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).set_index("run")
 
 
 def reliability_panels(results: Sequence[ExternalResult]) -> dict[str, dict[str, dict]]:
@@ -260,6 +230,19 @@ def drop_lines(results: Sequence[ExternalResult], figures: Sequence[str] = ("ref
                          f", {signed_interval(result.drop[figure], signed)} ({difference_verdict(result.drop[figure])})")
         lines.append(f"- **{result.run.name}** on {result.set_name}: {'; '.join(parts)}.")
     return "\n".join(lines)
+
+
+def summary(results: Sequence[ExternalResult], figures: Sequence[str] = ("referable_auc", "qwk")) -> str:
+    """How many runs each figure dropped for with an interval clear of zero, per external set: the notebook's headline."""
+    lines = []
+    for set_name in dict.fromkeys(result.set_name for result in results):
+        on_set = [result for result in results if result.set_name == set_name]
+        counts = []
+        for figure in figures:
+            lost = sum(difference_verdict(result.drop[figure]) == "a real loss" for result in on_set)
+            counts.append(f"{lost} of {len(on_set)} runs lose {PAIRED_FIGURES[figure][0]}")
+        lines.append(f"On **{set_name}**, with intervals clear of zero, {' and '.join(counts)}.")
+    return " ".join(lines)
 
 
 def screening_lines(results: Sequence[ExternalResult], point: str = "target") -> str:

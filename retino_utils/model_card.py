@@ -13,7 +13,7 @@ from pathlib import Path
 from . import GRADE_NAMES, GRADES
 from .atomic import write_text
 from .errors import RetinoError, run_cli
-from .results import RunResult, grade0_share, kept_epoch, load_run, signed_interval, with_interval
+from .results import RunResult, external_records, grade0_share, kept_epoch, load_run, signed_interval, with_interval
 
 RARELY_FOUND = 0.3  # a grade's test recall under this is named among the limitations
 FIGURES = (("accuracy", "accuracy", ".1%"), ("QWK", "qwk", ".3f"), ("macro-F1", "macro_f1", ".3f"),
@@ -116,9 +116,7 @@ def _calibration(metrics: dict) -> str:
 
 
 def _external(run: RunResult) -> str:
-    from .external import records
-
-    kept = records(run.path)
+    kept = external_records(run.path)
     current = [entry for entry in kept if entry["current"]]
     lines = ["## External validation (other cameras and populations, never trained on)\n"]
     if not current:

@@ -8,13 +8,11 @@ import torch
 import torchvision
 from torch import nn
 
-from retino_utils.architectures import Architecture, architecture
-from retino_utils.config import choices
+from retino_utils.architectures import IMPLS, Architecture, architecture
 from retino_utils.errors import RetinoError
 from retino_utils.imagenet import imagenet_weights_file, unavailable_error, unavailable_reason
 from retino_utils.resnet_native import native_resnet
 
-IMPLS = choices()["impl"]
 HEAD = "fc"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 
@@ -147,10 +145,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(getattr(unwrap(model), HEAD).parameters())
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in unwrap(model).parameters() if p.requires_grad]
 
 
 def freeze_backbone(model: nn.Module) -> None:

@@ -417,9 +417,9 @@ def collect_results(ctx: ReportContext, pipeline: dict, steps: Sequence[Step], o
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m retino_utils.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="demo",
-                        help="demo: synthetic data, ~10 min on a CPU; full: your data with the reports' settings; "
-                             "smoke: tiny, for tests")
+    profiles = load_pipeline()["profiles"]
+    parser.add_argument("--profile", default="demo", help=" | ".join(
+        f"{name}: {spec.get('description', '')}" for name, spec in profiles.items()) + " (from pipeline.yaml)")
     parser.add_argument("--data", help="dataset folder (required for --profile cpu and full)")
     parser.add_argument("--external", action="append", default=[], metavar="DIR",
                         help="a labelled dataset of another camera or population to validate every main run on "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,32 @@ class RunResult:
     def counts(self) -> np.ndarray:
         """Photos per (true grade, predicted grade)."""
         return np.asarray(self.metrics["confusion_counts"], dtype=int)
+
+
+EXTERNAL_RECORDS = "external"  # RUN/external/<set>.json: the run graded on another source (external.record)
+
+
+def run_state(run_dir: str | Path) -> str:
+    """A digest of the run's record (metrics.json): a result kept beside the run graded another state of it if
+    the digest it holds differs."""
+    return hashlib.sha256((Path(run_dir) / "metrics.json").read_bytes()).hexdigest()[:16]
+
+
+def external_records(run_dir: str | Path) -> list[dict]:
+    """The external results kept beside a run, each with ``current``: False where it graded another state of the
+    run or its set has changed (or gone) since, so it must not pass for the run's."""
+    from .data import dataset_fingerprint
+
+    found = []
+    for path in sorted((Path(run_dir) / EXTERNAL_RECORDS).glob("*.json")):
+        kept = json.loads(path.read_text())
+        folder = Path(kept["folder"])
+        try:
+            same_set = folder.is_dir() and dataset_fingerprint(folder) == kept["fingerprint"]
+        except RetinoError:  # the set no longer reads as a dataset
+            same_set = False
+        found.append({**kept, "current": same_set and kept["run_state"] == run_state(run_dir)})
+    return found
 
 
 def load_run(path: str | Path, name: str | None = None) -> RunResult | None:

@@ -215,3 +215,22 @@ def test_build_loss_errors_name_the_problem():
         build_loss("focal", focal_alpha="inverse")
     with pytest.raises(RetinoError, match="inverse, report002"):
         build_loss("wce", class_counts=EYEPACS_COUNTS, class_weighting="sqrt")
+
+
+def test_the_losses_declare_their_names_and_the_settings_read_them_without_torch():
+    import subprocess
+    import sys
+
+    from retino_utils.config import TrainConfig, choices
+    from retino_utils.losses import CLASS_WEIGHTINGS, LOSSES, REGRESSION_LOSSES
+
+    assert choices()["loss"] == LOSSES and choices()["class_weighting"] == CLASS_WEIGHTINGS
+    logits, grades = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
+    for name in LOSSES:  # every declared name builds a loss that computes, with the head its kind needs
+        regression = name in REGRESSION_LOSSES
+        assert TrainConfig(loss=name).is_regression == regression
+        loss = build_loss(name, class_counts=[5, 4, 3, 2, 1])
+        value = loss(logits[:, 0] if regression else logits, grades)
+        assert value.ndim == 0 and torch.isfinite(value), name
+    probe = "import sys, retino_utils.config; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"

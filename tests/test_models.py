@@ -11,7 +11,7 @@ from retino_utils.architectures import ARCHITECTURES
 from retino_utils.errors import RetinoError, WeightsUnavailableError
 from retino_utils.imagenet import imagenet_weights_file
 from retino_utils.models import (
-    build_model, freeze_backbone, head_parameters, set_train_mode, trainable_parameters, unfreeze_all, unwrap,
+    build_model, freeze_backbone, head_parameters, set_train_mode, unfreeze_all, unwrap,
 )
 
 TORCHVISION = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
@@ -79,7 +79,7 @@ def test_frozen_backbone_changes_neither_weights_nor_bn_statistics(param_source)
     torch.manual_seed(0)
     model = build_model("resnet18")
     freeze_backbone(model)
-    assert [id(p) for p in trainable_parameters(model)] == [id(p) for p in head_parameters(model)]
+    assert [id(p) for p in model.parameters() if p.requires_grad] == [id(p) for p in head_parameters(model)]
     before = _snapshot(model)
     _sgd_step(model, head_parameters(model) if param_source == "head" else model.parameters())
     after = model.state_dict()
@@ -98,7 +98,7 @@ def test_unfreeze_all_trains_everything():
     freeze_backbone(model)
     unfreeze_all(model)
     before = _snapshot(model)
-    _sgd_step(model, trainable_parameters(model))
+    _sgd_step(model, [p for p in model.parameters() if p.requires_grad])
     after = model.state_dict()
     assert all(m.training for m in model.modules())
     for key in before:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..config import choices
 from ..errors import run_cli
 from .cache import ImageCache
 from .dataset import open_dataset
-from .layouts import SPLITS, read_split
+from .layouts import LAYOUTS, SPLITS, read_split
 from .preprocess import PREPARATIONS, check_size, preprocess
 from .stats import channel_stats
 from .validate import validate
 
-LAYOUT_CHOICES = choices()["layout"]
+LAYOUT_CHOICES = ("auto", *LAYOUTS)
 
 
 def build_parser() -> argparse.ArgumentParser:

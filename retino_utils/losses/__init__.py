@@ -1,53 +1,27 @@
-"""Loss functions by name, one small module each (like timm): CE, weighted CE, focal, regression."""
+"""Loss functions by name, one small module each (like timm): CE, weighted CE, focal, regression.
+
+The names are declared here and nothing else is imported up front, so the settings (``config.py``,
+torch-free) take their choices from the losses themselves; ``build_loss`` and the loss classes load
+from their modules when first used.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import importlib
 
-import torch
-from torch import nn
+LOSSES = ("ce", "wce", "focal", "mse", "smooth_l1")  # TrainConfig.loss's choices
+REGRESSION_LOSSES = ("mse", "smooth_l1")  # the losses that train the one-output (ordinal regression) head
+CLASS_WEIGHTINGS = ("inverse", "report002")  # TrainConfig.class_weighting's choices (wce, focal alpha)
 
-from retino_utils.config import choices
-from retino_utils.errors import RetinoError
-from retino_utils.losses.class_weights import inverse_frequency_weights, report002_weights, sample_weights
-from retino_utils.losses.focal import FocalLoss
-from retino_utils.losses.ordinal import RegressionLoss, scores_to_grades, tune_thresholds
+_MODULE_OF = {"build_loss": "build", "FocalLoss": "focal", "RegressionLoss": "ordinal",
+              "scores_to_grades": "ordinal", "tune_thresholds": "ordinal", "inverse_frequency_weights": "class_weights",
+              "report002_weights": "class_weights", "sample_weights": "class_weights"}
 
-LOSSES = choices()["loss"]
-CLASS_WEIGHTINGS = {"inverse": inverse_frequency_weights, "report002": report002_weights}
-
-__all__ = ["LOSSES", "build_loss", "FocalLoss", "RegressionLoss", "inverse_frequency_weights",
-           "report002_weights", "sample_weights", "scores_to_grades", "tune_thresholds"]
+__all__ = ["CLASS_WEIGHTINGS", "LOSSES", "REGRESSION_LOSSES", *_MODULE_OF]
 
 
-def build_loss(name: str, class_counts: Sequence[int] | None = None, focal_gamma: float = 2.0,
-               focal_alpha: str | Sequence[float] | torch.Tensor | None = None,
-               class_weighting: str = "inverse") -> nn.Module:
-    """The loss module for ``name``; ``class_counts`` (training split) feed ``wce`` and focal alpha.
-
-    ``focal_alpha``: None, ``"inverse"``, ``"report002"`` or explicit per-class weights.
-    """
-    _check_name(name)
-    if name == "ce":
-        return nn.CrossEntropyLoss()
-    if name == "wce":
-        return nn.CrossEntropyLoss(weight=_class_weights(class_weighting, class_counts, "wce"))
-    if name == "focal":
-        alpha = focal_alpha
-        if isinstance(focal_alpha, str):
-            alpha = _class_weights(focal_alpha, class_counts, "focal alpha")
-        return FocalLoss(gamma=focal_gamma, alpha=alpha)
-    return RegressionLoss(kind=name)
-
-
-def _check_name(name: str) -> None:
-    if name not in LOSSES:
-        raise RetinoError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
-
-
-def _class_weights(weighting: str, class_counts: Sequence[int] | None, needed_by: str) -> torch.Tensor:
-    if weighting not in CLASS_WEIGHTINGS:
-        raise RetinoError(f"unknown class weighting {weighting!r}: choose one of {', '.join(CLASS_WEIGHTINGS)}")
-    if class_counts is None:
-        raise RetinoError(f"{needed_by} needs the training split's class counts (class_counts=...)")
-    return CLASS_WEIGHTINGS[weighting](class_counts)
+def __getattr__(name: str):
+    """``from retino_utils.losses import build_loss`` and the like, loaded on first use (PEP 562)."""
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

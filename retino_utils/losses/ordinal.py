@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retino_utils import NUM_CLASSES
-from retino_utils.config import REGRESSION_LOSSES
+from retino_utils.losses import REGRESSION_LOSSES
 from retino_utils.errors import RetinoError
 
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)

@@ -16,7 +16,7 @@ from .dataset import (
     plan_dataset,
     profile_dataset,
 )
-from .render import render_fundus, sample_grid
+from .render import render_fundus
 
 __all__ = [
     "DEFAULT_SHARES",
@@ -29,5 +29,4 @@ __all__ = [
     "plan_dataset",
     "profile_dataset",
     "render_fundus",
-    "sample_grid",
 ]

@@ -668,12 +668,3 @@ def _lesion_layers(scene: _Scene) -> list[np.ndarray]:
     """Copies of the layers lesions are drawn into, at output size (the blood canvas reduced)."""
     canvas = np.asarray(scene.canvas.reduce(SUPERSAMPLE), dtype=np.float32) * np.float32(1 / 255)
     return [canvas, scene.blood.copy(), scene.exudate.copy(), scene.cotton.copy()]
-
-
-def sample_grid(size: int = 256, columns: int = 6, seed: int = 0) -> np.ndarray:
-    """A (5*size, columns*size, 3) uint8 mosaic, one row per grade, for eyeballing the generator."""
-    return np.concatenate([
-        np.concatenate([render_fundus(grade, size, np.random.default_rng([seed, grade, c])) for c in range(columns)],
-                       axis=1)
-        for grade in GRADES
-    ], axis=0)
