@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -115,3 +116,17 @@ def referable_scores(outputs: torch.Tensor) -> np.ndarray:
     if outputs.ndim == 1:
         return outputs.numpy().astype(np.float64)
     return F.softmax(outputs.double(), dim=1)[:, 2:].sum(1).numpy()
+
+
+def output_table(outputs: torch.Tensor, thresholds=None) -> pd.DataFrame:
+    """One row per photo, as a run's predictions.csv and predict's CSV hold them: the grade, the five class
+    probabilities (or the regression score) and the referable score."""
+    table = pd.DataFrame({"pred_grade": predict_grades(outputs, thresholds)})
+    if outputs.ndim == 1:
+        table["score"] = outputs.numpy()
+    else:
+        probs = torch.softmax(outputs.double(), 1).numpy()
+        for grade in range(probs.shape[1]):
+            table[f"p{grade}"] = probs[:, grade]
+    table["referable_score"] = referable_scores(outputs)
+    return table

@@ -37,7 +37,7 @@ from .data.images import ImageSource, decode_problem, fundus_doubt, load_rgb, lo
 from .data.layouts import IMAGE_EXTENSIONS
 from .data.preprocess import PREPARATIONS, copy_settings, preparation_of, prepared_photo
 from .device import resolve_device, resolve_precision, use_channels_last
-from .engine import evaluate, predict_grades, referable_scores
+from .engine import evaluate, output_table
 from .errors import RetinoError, run_cli
 from .eyes import fuse_eyes
 from .metrics import compute_metrics
@@ -136,15 +136,7 @@ class Predictor:
         result = evaluate(self.model, None, self.loader(source), device=self.device, precision=self.precision, tta=tta,
                           show_progress=show_progress, desc="grading")
         names = [Path(p).stem if isinstance(p, (str, Path)) else "" for p in photos]
-        outputs = fuse_eyes(result.outputs, names, self.fuse_eyes)
-        table = pd.DataFrame({"pred_grade": predict_grades(outputs, self.cut_points)})
-        if outputs.ndim == 1:
-            table["score"] = outputs.numpy()
-        else:
-            probs = torch.softmax(outputs.double(), 1).numpy()
-            for grade in GRADES:
-                table[f"p{grade}"] = probs[:, grade]
-        table["referable_score"] = referable_scores(outputs)
+        table = output_table(fuse_eyes(result.outputs, names, self.fuse_eyes), self.cut_points)
         if self.calibrator is not None:
             table["referable_probability"] = calibrated(self.calibrator, table["referable_score"])
         table["refer"] = (table["referable_score"] >= self.refer_threshold) if self.refer_threshold is not None \

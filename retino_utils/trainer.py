@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .device import PRECISION_LABELS, autocast, grad_scaler, resolve_device, resolve_precision, use_channels_last
 from .distributed import DistContext, init_distributed, shutdown_distributed
 from .ema import moving_average
-from .engine import PassOutputs, evaluate, predict_grades, referable_scores, train_one_epoch
+from .engine import PassOutputs, evaluate, output_table, predict_grades, referable_scores, train_one_epoch
 from .errors import RetinoError
 from .eyes import fuse_eyes
 from .loaders import RunData, build_run_data
@@ -365,17 +365,11 @@ def _score_kept_checkpoint(parts: Components, kept: dict, best: dict) -> tuple[p
         cut_points = _cut_points(parts, val)  # the cut points of the flip-averaged scores that are scored
     test = parts.evaluate(data.test_loader, tta=config.tta)
     metrics = _metrics(test, cut_points)
-    y_true, pred = test.labels.numpy(), predict_grades(test.outputs, cut_points)
-    score = referable_scores(test.outputs)
-    names = list(data.test.names)
-    table = pd.DataFrame({"name": names, "true_grade": y_true, "pred_grade": pred})
-    if test.outputs.ndim == 1:
-        table["score"] = test.outputs.numpy()
-    else:
-        probs = torch.softmax(test.outputs.double(), 1).numpy()
-        for grade in GRADES:
-            table[f"p{grade}"] = probs[:, grade]
-    table["referable_score"] = score
+    names, y_true = list(data.test.names), test.labels.numpy()
+    table = output_table(test.outputs, cut_points)
+    table.insert(0, "name", names)
+    table.insert(1, "true_grade", y_true)
+    pred, score = table["pred_grade"].to_numpy(), table["referable_score"].to_numpy()
     if config.bootstrap:
         metrics["intervals"] = intervals(y_true, pred, score, names, n_resamples=config.bootstrap, seed=config.seed)
     screening_thresholds = {}
