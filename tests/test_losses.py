@@ -179,9 +179,24 @@ def test_tune_thresholds_never_worse_than_init_and_increasing(seed):
     assert _qwk(labels, scores, tune_thresholds(scores, labels)) > _qwk(labels, scores, default) + 0.01
 
 
-def test_tune_thresholds_is_deterministic():
-    scores, labels = _synthetic_scores(3, 30000)
-    np.testing.assert_array_equal(tune_thresholds(scores, labels), tune_thresholds(scores, labels))
+def test_tuned_thresholds_are_a_point_no_single_move_improves_by_sklearns_kappa():
+    """The search's fast kappa (from per-bin counts) against sklearn's: at the cut points it settles on, moving
+    any one of them to any other candidate between its neighbours gains nothing by sklearn's QWK."""
+    from retino_utils.losses.ordinal import CANDIDATE_QUANTILES, DEFAULT_THRESHOLDS
+
+    scores, labels = _synthetic_scores(3, 400)
+    tuned = tune_thresholds(scores, labels)
+    best = _qwk(labels, scores, tuned)
+    candidates = np.unique(np.concatenate([np.quantile(scores, np.linspace(0, 1, CANDIDATE_QUANTILES)),
+                                           DEFAULT_THRESHOLDS]))
+    for k in range(4):
+        low = tuned[k - 1] if k else -np.inf
+        high = tuned[k + 1] if k < 3 else np.inf
+        for value in candidates[(candidates > low) & (candidates < high)]:
+            moved = tuned.copy()
+            moved[k] = value
+            assert _qwk(labels, scores, moved) <= best + 1e-12, (k, value)
+    assert best > _qwk(labels, scores, DEFAULT_THRESHOLDS) + 0.01
 
 
 def test_tune_thresholds_rejects_mismatched_input():
