@@ -25,16 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import parse_study, prepared_copy, real_data_parser, run_on_real_data
-
-from retino_utils.config import TrainConfig
 from retino_utils.errors import RetinoError, run_cli
-from retino_utils.loaders import read_splits
-from retino_utils.losses.ordinal import frequency_thresholds, scores_to_grades, tune_thresholds
-from retino_utils.predict import Predictor
-from retino_utils.results import load_run, signed_interval, with_interval
-from retino_utils.uncertainty import FIGURES, figures, intervals, paired_difference, patient_groups
-from retino_utils.train import fit
+from retino_utils.evaluation.results import load_run, signed_interval, with_interval
+from retino_utils.evaluation.uncertainty import FIGURES, figures, intervals, paired_difference, patient_groups
+from retino_utils.models.losses.ordinal import frequency_thresholds, scores_to_grades, tune_thresholds
+from retino_utils.predict.predictor import Predictor
+from retino_utils.train.cli import fit
+from retino_utils.train.config import TrainConfig
+from retino_utils.train.loaders import read_splits
+
+from _common import parse_study, prepared_copy, real_data_parser, run_on_real_data
 
 BASE = dict(arch="resnet18", epochs=30, image_size=128, batch_size=32, loss="mse", optimizer="sgd", lr=0.003,
             schedule="onecycle", rotation=180.0, sampler="weighted", best_metric="last")

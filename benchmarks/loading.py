@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import EXTERNAL_DATA, add_output_arguments, device_name, publish
-
 from retino_utils import data
 from retino_utils.data.preprocess import preprocess
 from retino_utils.errors import RetinoError, format_bytes, run_cli
 from retino_utils.paths import cache_root
 from retino_utils.synthetic import cached_dataset
+
+from _common import EXTERNAL_DATA, add_output_arguments, device_name, publish
 
 NVIDIA_RN50 = ("NVIDIA DeepLearningExamples, PyTorch/Classification/ConvNets/resnet50v1.5/README.md "
                "(1 GPU, 224 px, mixed precision)")

@@ -27,16 +27,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from _common import EXTERNAL_DATA, prepared_copy, real_data_parser, run_on_real_data
-
 from retino_utils import NUM_CLASSES, data
-from retino_utils.config import RECIPES, TrainConfig
 from retino_utils.errors import RetinoError, run_cli
-from retino_utils.metrics import compute_metrics
-from retino_utils.external import validate
-from retino_utils.results import load_run, signed_interval, with_interval
-from retino_utils.uncertainty import paired_difference
-from retino_utils.train import fit
+from retino_utils.evaluation.metrics import compute_metrics
+from retino_utils.evaluation.results import load_run, signed_interval, with_interval
+from retino_utils.evaluation.uncertainty import paired_difference
+from retino_utils.predict.external import validate
+from retino_utils.train.cli import fit
+from retino_utils.train.config import RECIPES, TrainConfig
+
+from _common import EXTERNAL_DATA, prepared_copy, real_data_parser, run_on_real_data
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,12 +40,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from _common import REAL_DATA, add_output_arguments, device_name, publish
-
 from retino_utils import data
-from retino_utils.device import PRECISION_LABELS, autocast, resolve_device, resolve_precision, use_channels_last
 from retino_utils.paths import cache_root
 from retino_utils.synthetic import cached_dataset
+from retino_utils.train.device import PRECISION_LABELS, autocast, resolve_device, resolve_precision, use_channels_last
+
+from _common import REAL_DATA, add_output_arguments, device_name, publish
 
 
 class ReportsDataset(Dataset):

@@ -26,16 +26,15 @@ import dataclasses
 import time
 from pathlib import Path
 
-from _common import (EXTERNAL_DATA, parse_study, prepared_copy, real_data_parser,
-                     run_on_real_data)
-from cpu_levers import ValidationGrader, summarise
-
-from retino_utils.config import TrainConfig
 from retino_utils.errors import RetinoError, run_cli
-from retino_utils.external import grade_set
-from retino_utils.predict import Predictor
-from retino_utils.results import load_run, signed_interval, with_interval
-from retino_utils.train import fit
+from retino_utils.evaluation.results import load_run, signed_interval, with_interval
+from retino_utils.predict.external import grade_set
+from retino_utils.predict.predictor import Predictor
+from retino_utils.train.cli import fit
+from retino_utils.train.config import TrainConfig
+
+from _common import EXTERNAL_DATA, parse_study, prepared_copy, real_data_parser, run_on_real_data
+from cpu_levers import ValidationGrader, summarise
 
 ROBUST = {"color": 0.3, "gamma": 0.4, "saturation": 0.5, "blur": 1.0, "jpeg": 30}
 

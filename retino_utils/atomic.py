@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import DiskFullError, format_bytes
+from retino_utils.errors import DiskFullError, format_bytes
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -47,8 +47,8 @@ def tiny_dataset(tmp_path_factory):
 def trained(tmp_path_factory, tiny_dataset):
     """A finished two-epoch run on ``tiny_dataset`` (with a validation split, so thresholds and calibration);
     tests that change a run copy it first."""
-    from retino_utils.config import TrainConfig
-    from retino_utils.train import fit
+    from retino_utils.train.cli import fit
+    from retino_utils.train.config import TrainConfig
 
     out = tmp_path_factory.mktemp("run") / "run"
     fit(TrainConfig(data=str(tiny_dataset), out=str(out), epochs=2, batch_size=8, image_size=32, device="cpu",

@@ -73,8 +73,8 @@ def test_the_new_levers_leave_earlier_draws_unchanged():
 
 @pytest.mark.parametrize("lever", ["gamma", "saturation", "blur", "jpeg"])
 def test_each_lever_trains(tiny_dataset, tmp_path, lever):
-    from retino_utils.config import TrainConfig
-    from retino_utils.train import fit
+    from retino_utils.train.cli import fit
+    from retino_utils.train.config import TrainConfig
 
     value = {"gamma": 0.4, "saturation": 0.5, "blur": 1.0, "jpeg": 30}[lever]
     history = fit(TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "run"), epochs=1, batch_size=8,

@@ -92,7 +92,7 @@ def test_real_data_smoke(tmp_path):
         expected = figures["runs"]["best-cpu-graham"][figure] - figures["runs"]["best-cpu"][figure]
         assert paired[figure]["difference"] == pytest.approx(expected)
     # The external set (in the smoke run, the synthetic photos graded raw) is graded as predict grades it.
-    from retino_utils.predict import Predictor
+    from retino_utils.predict.predictor import Predictor
 
     retina = figures["runs"]["best-cpu-retina"]
     photos = [read_split(figures["data"], split) for split in SPLITS]

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 from sklearn.isotonic import IsotonicRegression
 
-from retino_utils.calibration import (calibrated, calibration_report, ece_with_interval, expected_calibration_error,
-                                      fit_calibrator, reliability)
+from retino_utils.evaluation.calibration import (
+    calibrated,
+    calibration_report,
+    ece_with_interval,
+    expected_calibration_error,
+    fit_calibrator,
+    reliability,
+)
 
 
 def synthetic(n=4000, seed=0):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from retino_utils.cam import grad_cam, lesion_share, overlay, target_scores
-from retino_utils.models import build_model
+from retino_utils.evaluation.cam import grad_cam, lesion_share, overlay, target_scores
+from retino_utils.models.networks import build_model
 
 
 def reference_cam(model, x, target):

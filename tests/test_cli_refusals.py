@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from retino_utils.config import TrainConfig
-from retino_utils.train import fit
+from retino_utils.train.cli import fit
+from retino_utils.train.config import TrainConfig
 
 
 def cli(module, *args, env=None, timeout=600):

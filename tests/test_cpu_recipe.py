@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,18 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from retino_utils.checkpoint import load_checkpoint, scored_weights
-from retino_utils.config import TrainConfig
 from retino_utils.data.transforms import recolour, sample_choices, warp
-from retino_utils.ema import moving_average
-from retino_utils.engine import train_one_epoch
 from retino_utils.errors import RetinoError
-from retino_utils.eyes import fuse_eyes, partner_indices
-from retino_utils.losses.class_weights import scheduled_sample_weights
-from retino_utils.losses.ordinal import frequency_thresholds, scores_to_grades
-from retino_utils.optim import build_optimizer
+from retino_utils.evaluation.eyes import fuse_eyes, partner_indices
+from retino_utils.models.losses.class_weights import scheduled_sample_weights
+from retino_utils.models.losses.ordinal import frequency_thresholds, scores_to_grades
 from retino_utils.synthetic import generate_dataset
-from retino_utils.train import fit
+from retino_utils.train.checkpoint import load_checkpoint, scored_weights
+from retino_utils.train.cli import fit
+from retino_utils.train.config import TrainConfig
+from retino_utils.train.ema import moving_average
+from retino_utils.train.engine import train_one_epoch
+from retino_utils.train.optim import build_optimizer
 
 
 @pytest.mark.parametrize("angle,scale,shift", [(0.0, 1.2, (0.0, 0.0)), (0.0, 0.8, (0.1, -0.05)),
@@ -124,8 +123,8 @@ def test_size_stages_and_their_refusals():
 
 def test_an_image_size_given_replaces_the_recipes_size_schedule():
     """The recipe's schedule leads up to its own size; a size given with it is the one size trained at."""
-    from retino_utils.config import RECIPES
-    from retino_utils.report import ReportContext, load_pipeline, plan, run_config
+    from retino_utils.report.runner import ReportContext, load_pipeline, plan, run_config
+    from retino_utils.train.config import RECIPES
 
     recipe = TrainConfig.with_recipe("best-cpu", epochs=40)
     assert recipe.sizes == RECIPES["best-cpu"]["sizes"] and recipe.size_stages()[-1] == (256, 16)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image
 from builders import make_kaggle, make_lab
+from PIL import Image
 
 from retino_utils.data import (
     IMAGENET_MEAN,
@@ -23,10 +23,10 @@ from retino_utils.data import (
     ImageCache,
     TrainPreset,
     augment_batch,
+    cachedir,
     load_resized,
     read_split,
 )
-from retino_utils.data import cachedir
 from retino_utils.data.__main__ import main
 from retino_utils.data.transforms import rotate
 from retino_utils.errors import RetinoError

@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torchvision.transforms.functional as TF
-from PIL import Image
 from builders import make_aptos, make_kaggle, make_lab, write_image, write_lines
+from PIL import Image
 
 from retino_utils.data import SplitIndex, detect_layout, load_resized, load_rgb, read_split
 from retino_utils.data.layouts import holdout_split, patient_of, read_lab_pair, scan_split, stratified_group_split

@@ -346,8 +346,8 @@ def test_label_tables_lists_what_each_layout_reads(tmp_path):
 
 
 def test_every_layout_is_a_choice_of_the_settings():
-    from retino_utils.config import choices
     from retino_utils.data.layouts import LAYOUTS
+    from retino_utils.train.config import choices
 
     assert set(choices()["layout"]) == {"auto", *LAYOUTS}
 

@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from builders import make_aptos
 from PIL import Image
 from scipy import ndimage
 
-from builders import make_aptos
 from retino_utils.data import read_split
 from retino_utils.data.preprocess import (
     RETINA_SPREAD,

@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 from builders import make_aptos, make_kaggle, make_lab, write_lines
+from PIL import Image
 
 from retino_utils.data import preprocess, read_split, validate
 from retino_utils.data.__main__ import main

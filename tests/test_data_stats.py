@@ -6,8 +6,8 @@ import stat
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from builders import make_lab, write_image, write_lines
+from PIL import Image
 
 from retino_utils.data import ChannelStats, channel_stats, dataset_cache_dir, normalization, read_split
 from retino_utils.data.__main__ import main

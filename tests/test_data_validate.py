@@ -7,8 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
 from builders import make_kaggle, make_lab, write_lines
+from PIL import Image
 
 from retino_utils.data import FundusDataset, open_dataset, validate
 from retino_utils.data.__main__ import main

@@ -17,7 +17,7 @@ import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
 from retino_utils.paths import NOTEBOOKS_DIR, PACKAGE_DIR
-from retino_utils.pipeline import PIPELINE_FILE
+from retino_utils.report.pipeline import PIPELINE_FILE
 
 NEW_SETTING = '    blur_radius: float = setting(0.0, "a setting added by a test")\n'
 
@@ -40,7 +40,7 @@ def package_with(tmp_path, module: str, anchor: str, addition: str) -> dict:
 
 @pytest.fixture
 def package_with_new_setting(tmp_path):
-    return package_with(tmp_path, "config.py", "    seed: int = 0\n", NEW_SETTING)
+    return package_with(tmp_path, "train/config.py", "    seed: int = 0\n", NEW_SETTING)
 
 
 @pytest.mark.slow
@@ -48,7 +48,7 @@ def test_an_architecture_added_in_one_place_trains_and_is_named(tmp_path, tiny_d
     """torchvision's resnet34 declared in architectures.py only: the CLI offers it, both implementations
     train it an epoch with its own layout of blocks, the tables name it, and its ImageNet file is the one
     torchvision fetches."""
-    env = package_with(tmp_path, "architectures.py", "ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (\n",
+    env = package_with(tmp_path, "models/architectures.py", "ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (\n",
                        NEW_ARCHITECTURE)
     env["RETINO_OFFLINE"], env["TORCH_HOME"] = "1", str(tmp_path / "torch-home")
     train = [sys.executable, "-m", "retino_utils.train"]
@@ -101,7 +101,7 @@ def test_a_setting_added_in_config_reaches_the_cli_the_notebook_and_config_yaml(
 
 
 EXTRA_NOTEBOOK_CODE = """
-from retino_utils import results
+from retino_utils.evaluation import results
 
 runs, missing = results.load_runs(run_dirs)
 print("accuracy by run:", {name: round(run.metrics["accuracy"], 3) for name, run in runs.items()}, "missing:", missing)

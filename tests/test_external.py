@@ -14,11 +14,11 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
 from retino_utils.data import detect_layout, read_split
 from retino_utils.errors import RetinoError
-from retino_utils.external import every_photo, external_sets, record, validate
-from retino_utils.results import load_run
+from retino_utils.evaluation.results import load_run
+from retino_utils.evaluation.uncertainty import FIGURES, intervals, unpaired_difference
+from retino_utils.predict.external import every_photo, external_sets, record, validate
 from retino_utils.synthetic import generate_dataset
 from retino_utils.synthetic.second_camera import generate_second_camera
-from retino_utils.uncertainty import FIGURES, intervals, unpaired_difference
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_a_kept_result_is_quoted_by_the_model_card_until_the_run_or_the_set_chan
                                                                                       tmp_path):
     import shutil
 
-    from retino_utils.model_card import write_model_card
+    from retino_utils.evaluation.model_card import write_model_card
 
     run_dir = shutil.copytree(trained, tmp_path / "run")
     photos = shutil.copytree(second_camera, tmp_path / "second")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from retino_utils.paths import NOTEBOOKS_DIR
-from retino_utils.render import CHROMIUM_FLAGS, find_chromium
+from retino_utils.report.html import CHROMIUM_FLAGS, find_chromium
 
 # Figures each notebook shows when run on its own defaults, in file order (the later ones read the
 # run the training notebook trains; runs not trained here are reported missing, not drawn).

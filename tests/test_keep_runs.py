@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from retino_utils.config import TrainConfig, load_config
 from retino_utils.errors import RetinoError
-from retino_utils.pipeline import PIPELINE_FILE
-from retino_utils.train import fit
+from retino_utils.report.pipeline import PIPELINE_FILE
+from retino_utils.train.cli import fit
+from retino_utils.train.config import TrainConfig, load_config
 
 RUN = "resnet18_scratch"
 LOCK_FILE, SUPERSEDED_DIR = ".lock", ".superseded"  # as the README tells users
@@ -115,7 +115,7 @@ def test_pipeline_edits_typos_and_undo_never_delete_a_trained_run(tmp_path):
 
 
 def test_a_typo_in_a_profile_or_run_is_refused_naming_where(tmp_path):
-    from retino_utils.pipeline import load_pipeline
+    from retino_utils.report.pipeline import load_pipeline
 
     for edit, where in (
         (lambda p: p["profiles"]["demo"]["runs"]["resnet50_*"].update(epocs=3), "profile demo runs resnet50_*"),

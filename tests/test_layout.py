@@ -1,5 +1,6 @@
-"""The README's Layout block is the package's architecture: it names every module, in layers, and every
-import inside the package runs from a module to its own layer or one listed before it (read with ast)."""
+"""The README's Layout block is the package's architecture: a folder per layer, every module named, no two
+modules sharing a name, and every import inside the package running from a module to its own layer or one
+listed before it (read with ast)."""
 
 import ast
 import re
@@ -17,12 +18,12 @@ def declared_layers() -> dict[str, int]:
     layers: dict[str, int] = {}
     folder, index = "", -1
     for line in block.splitlines()[1:]:
-        if not line.startswith("                "):  # a layer's first line: its label, then its modules
+        if not line.startswith("                "):  # a layer's first line: its folder, then its modules
             label = line.split()[0]
             index += 1
-            folder = label if label.endswith("/") else ""
-        for name in re.findall(r"[\w/]+\.py\b", line):
-            layers[name if "/" in name else folder + name] = index
+            folder = label if label.endswith("/") else ""  # "(top level)"
+        for name in re.findall(r"(?<![\w.])[\w/]+\.py\b", line):
+            layers[folder + name] = index
     return layers
 
 
@@ -67,6 +68,17 @@ def test_the_layout_names_every_module_and_nothing_else():
     assert sorted(set(layers) - modules) == [], "modules the README's Layout names that do not exist"
 
 
+def test_a_layer_is_a_folder_and_no_two_modules_share_a_name():
+    layers = declared_layers()
+    for module, index in layers.items():
+        top = module.split("/")[0] if "/" in module else ""
+        assert {layers[other] for other in layers if (other.split("/")[0] if "/" in other else "") == top} == {index}
+    top_level = [module for module in layers if "/" not in module and module != "__init__.py"]
+    assert len(top_level) <= 8, top_level
+    names = [Path(module).name for module in layers if Path(module).name not in ("__init__.py", "__main__.py")]
+    assert sorted(name for name in set(names) if names.count(name) > 1) == []
+
+
 def test_imports_run_from_a_layer_to_its_own_or_an_earlier_one():
     layers = declared_layers()
     upward = [f"{module} -> {target}" for module in layers
@@ -74,10 +86,10 @@ def test_imports_run_from_a_layer_to_its_own_or_an_earlier_one():
     assert upward == []
 
 
-def test_the_import_reader_sees_relative_absolute_and_lazy_imports():
-    source = PACKAGE_DIR / "model_card.py"
-    assert {"results.py", "atomic.py", "__init__.py"} <= package_imports(source)
-    assert "data/layouts.py" in package_imports(PACKAGE_DIR / "uncertainty.py")  # from .data.layouts import
-    assert "data/__init__.py" in package_imports(PACKAGE_DIR / "results.py")  # lazy, inside a function
-    assert {"losses/__init__.py", "losses/focal.py", "errors.py"} <= package_imports(
-        PACKAGE_DIR / "losses" / "build.py")  # absolute: from retino_utils.losses.focal import
+def test_the_import_reader_sees_absolute_module_and_lazy_imports():
+    source = PACKAGE_DIR / "evaluation" / "model_card.py"
+    assert {"evaluation/results.py", "atomic.py", "__init__.py"} <= package_imports(source)
+    assert "data/__init__.py" in package_imports(PACKAGE_DIR / "evaluation" / "results.py")  # lazy, in a function
+    assert {"models/losses/__init__.py", "models/losses/focal.py", "errors.py"} <= package_imports(
+        PACKAGE_DIR / "models" / "losses" / "build.py")
+    assert "evaluation/screening.py" in package_imports(PACKAGE_DIR / "train" / "trainer.py")  # from X import module

@@ -7,9 +7,15 @@ from sklearn.metrics import cohen_kappa_score
 from sklearn.utils.class_weight import compute_class_weight
 
 from retino_utils.errors import RetinoError
-from retino_utils.losses import (
-    FocalLoss, RegressionLoss, build_loss, inverse_frequency_weights, report002_weights,
-    sample_weights, scores_to_grades, tune_thresholds,
+from retino_utils.models.losses import (
+    FocalLoss,
+    RegressionLoss,
+    build_loss,
+    inverse_frequency_weights,
+    report002_weights,
+    sample_weights,
+    scores_to_grades,
+    tune_thresholds,
 )
 
 EYEPACS_COUNTS = [20656, 1955, 4210, 698, 581]  # EyePACS training labels, N = 28100
@@ -182,7 +188,7 @@ def test_tune_thresholds_never_worse_than_init_and_increasing(seed):
 def test_tuned_thresholds_are_a_point_no_single_move_improves_by_sklearns_kappa():
     """The search's fast kappa (from per-bin counts) against sklearn's: at the cut points it settles on, moving
     any one of them to any other candidate between its neighbours gains nothing by sklearn's QWK."""
-    from retino_utils.losses.ordinal import CANDIDATE_QUANTILES, DEFAULT_THRESHOLDS
+    from retino_utils.models.losses.ordinal import CANDIDATE_QUANTILES, DEFAULT_THRESHOLDS
 
     scores, labels = _synthetic_scores(3, 400)
     tuned = tune_thresholds(scores, labels)
@@ -236,8 +242,8 @@ def test_the_losses_declare_their_names_and_the_settings_read_them_without_torch
     import subprocess
     import sys
 
-    from retino_utils.config import TrainConfig, choices
-    from retino_utils.losses import CLASS_WEIGHTINGS, LOSSES, REGRESSION_LOSSES
+    from retino_utils.models.losses import CLASS_WEIGHTINGS, LOSSES, REGRESSION_LOSSES
+    from retino_utils.train.config import TrainConfig, choices
 
     assert choices()["loss"] == LOSSES and choices()["class_weighting"] == CLASS_WEIGHTINGS
     logits, grades = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
@@ -247,5 +253,5 @@ def test_the_losses_declare_their_names_and_the_settings_read_them_without_torch
         loss = build_loss(name, class_counts=[5, 4, 3, 2, 1])
         value = loss(logits[:, 0] if regression else logits, grades)
         assert value.ndim == 0 and torch.isfinite(value), name
-    probe = "import sys, retino_utils.config; print('torch' in sys.modules)"
+    probe = "import sys, retino_utils.train.config; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"

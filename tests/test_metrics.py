@@ -5,7 +5,7 @@ import pytest
 from sklearn import metrics as skm
 
 from retino_utils.errors import RetinoError
-from retino_utils.metrics import compute_metrics
+from retino_utils.evaluation.metrics import compute_metrics
 
 GRADES = [0, 1, 2, 3, 4]
 

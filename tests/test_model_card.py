@@ -8,9 +8,9 @@ import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score, recall_score
 
 from retino_utils import GRADE_NAMES
-from retino_utils.config import TrainConfig
-from retino_utils.model_card import RARELY_FOUND, main
-from retino_utils.train import fit
+from retino_utils.evaluation.model_card import RARELY_FOUND, main
+from retino_utils.train.cli import fit
+from retino_utils.train.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,17 @@ import torch
 import torchvision
 from torch import nn
 
-from retino_utils import imagenet
-from retino_utils.architectures import ARCHITECTURES
 from retino_utils.errors import RetinoError, WeightsUnavailableError
-from retino_utils.imagenet import imagenet_weights_file
-from retino_utils.models import (
-    build_model, freeze_backbone, head_parameters, set_train_mode, unfreeze_all, unwrap,
+from retino_utils.models import imagenet
+from retino_utils.models.architectures import ARCHITECTURES
+from retino_utils.models.imagenet import imagenet_weights_file
+from retino_utils.models.networks import (
+    build_model,
+    freeze_backbone,
+    head_parameters,
+    set_train_mode,
+    unfreeze_all,
+    unwrap,
 )
 
 TORCHVISION = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
@@ -149,7 +154,7 @@ def test_torch_free_weights_lookup_agrees_with_torch(tmp_path, monkeypatch, torc
 
 def test_imagenet_offline_without_cache_fails_with_advice(empty_torch_home, monkeypatch):
     monkeypatch.setenv("RETINO_OFFLINE", "1")
-    monkeypatch.setattr("retino_utils.imagenet.reachable", lambda *a, **k: pytest.fail("network touched"))
+    monkeypatch.setattr("retino_utils.models.imagenet.reachable", lambda *a, **k: pytest.fail("network touched"))
     with pytest.raises(WeightsUnavailableError) as error:
         build_model("resnet18", weights="imagenet")
     message = str(error.value)
@@ -168,7 +173,7 @@ def test_imagenet_unreachable_host_is_reported(empty_torch_home, monkeypatch):
 
 def test_imagenet_weights_load_from_cache_without_network(empty_torch_home, monkeypatch):
     monkeypatch.delenv("RETINO_OFFLINE", raising=False)
-    monkeypatch.setattr("retino_utils.imagenet.reachable", lambda *a, **k: pytest.fail("network touched"))
+    monkeypatch.setattr("retino_utils.models.imagenet.reachable", lambda *a, **k: pytest.fail("network touched"))
     torch.manual_seed(123)
     saved = torchvision.models.resnet18(num_classes=1000).state_dict()
     path = empty_torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"

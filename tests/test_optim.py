@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from retino_utils.config import TrainConfig
-from retino_utils.optim import WARMUP_START, build_optimizer, build_scheduler
+from retino_utils.train.config import TrainConfig
+from retino_utils.train.optim import WARMUP_START, build_optimizer, build_scheduler
 
 
 def rates(config, steps):

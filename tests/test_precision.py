@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from retino_utils import trainer
-from retino_utils.checkpoint import load_checkpoint
-from retino_utils.config import TrainConfig
-from retino_utils.device import choose_precision
 from retino_utils.errors import RetinoError
-from retino_utils.train import fit
+from retino_utils.train import trainer
+from retino_utils.train.checkpoint import load_checkpoint
+from retino_utils.train.cli import fit
+from retino_utils.train.config import TrainConfig
+from retino_utils.train.device import choose_precision
 
 # (device type, CUDA compute capability, CPU flags) -> what auto must choose, per published specifications.
 CARDS = {

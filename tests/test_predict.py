@@ -14,13 +14,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from retino_utils.checkpoint import load_checkpoint, save_checkpoint
-from retino_utils.config import load_config
 from retino_utils.data import read_split
 from retino_utils.data.images import load_rgb, square_resize
 from retino_utils.data.preprocess import preprocess
-from retino_utils.predict import Predictor, preparation_note
+from retino_utils.predict.predictor import Predictor, preparation_note
 from retino_utils.synthetic import generate_dataset, mask_path, render_fundus
+from retino_utils.train.checkpoint import load_checkpoint, save_checkpoint
+from retino_utils.train.config import load_config
 
 
 def run_trained_on(trained, data, folder):

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from builders import make_kaggle
 from PIL import Image
 
-from builders import make_kaggle
-from retino_utils.config import TrainConfig
 from retino_utils.data import read_split
-from retino_utils.train import fit
+from retino_utils.train.cli import fit
+from retino_utils.train.config import TrainConfig
 
 
 def predict_cli(*args, cwd=None):

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from retino_utils.config import TrainConfig
 from retino_utils.data import SPLITS, read_split
 from retino_utils.data.preprocess import preprocess
-from retino_utils.predict import Predictor
-from retino_utils.train import fit
+from retino_utils.predict.predictor import Predictor
+from retino_utils.train.cli import fit
+from retino_utils.train.config import TrainConfig
 
 FLOOR = 0.68  # external referable AUC
 EPOCHS = 10

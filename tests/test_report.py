@@ -12,13 +12,20 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-import yaml
 import torchvision
+import yaml
 
 from retino_utils.errors import RetinoError
 from retino_utils.paths import NOTEBOOKS_DIR
-from retino_utils.pipeline import setting_differences
-from retino_utils.report import ReportContext, build_report, check_parameters, load_pipeline, plan, resolve_context
+from retino_utils.report.pipeline import setting_differences
+from retino_utils.report.runner import (
+    ReportContext,
+    build_report,
+    check_parameters,
+    load_pipeline,
+    plan,
+    resolve_context,
+)
 from retino_utils.synthetic.second_camera import generate_second_camera
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -166,7 +173,7 @@ def test_only_matching_nothing_is_an_error(tmp_path):
 # -- end to end --------------------------------------------------------------------------------------
 def write_fake_imagenet_weights(torch_home: Path) -> None:
     """ImageNet-shaped state dicts (random, seeded) where torchvision's cache expects them."""
-    from retino_utils.imagenet import imagenet_weights_file
+    from retino_utils.models.imagenet import imagenet_weights_file
 
     os.environ["TORCH_HOME"] = str(torch_home)
     try:
@@ -232,7 +239,7 @@ def test_smoke_report_builds_everything(smoke_report):
 def test_pdf_export_holds_the_index_and_every_page(smoke_report):
     from pypdf import PdfReader
 
-    from retino_utils.render import find_chromium
+    from retino_utils.report.html import find_chromium
 
     if find_chromium() is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); report --pdf prints with it")

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import recall_score
 
-from retino_utils import data, results
-from retino_utils.metrics import compute_metrics
+from retino_utils import data
+from retino_utils.evaluation import results
+from retino_utils.evaluation.metrics import compute_metrics
 from retino_utils.synthetic import generate_dataset
 
 

@@ -14,10 +14,10 @@ import torch
 import torchvision
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
-from retino_utils.config import RECIPES, TrainConfig
 from retino_utils.errors import RetinoError
-from retino_utils.train import config_from_args, fit
-from retino_utils.run_folder import HISTORY_COLUMNS
+from retino_utils.train.cli import config_from_args, fit
+from retino_utils.train.config import RECIPES, TrainConfig
+from retino_utils.train.run_folder import HISTORY_COLUMNS
 
 TIMING_COLUMNS = ["seconds", "images_per_s"]
 

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from retino_utils.config import TrainConfig
 from retino_utils.errors import DiskFullError, RetinoError
 from retino_utils.paths import REPO_ROOT
-from retino_utils.train import fit, resume_command
+from retino_utils.train.cli import fit, resume_command
+from retino_utils.train.config import TrainConfig
 
 
 def small_config(data, out, **overrides):

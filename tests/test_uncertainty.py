@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from retino_utils import uncertainty
-from retino_utils.uncertainty import FIGURES, bootstrap, figures, intervals, paired_difference, patient_groups
+from retino_utils.evaluation import uncertainty
+from retino_utils.evaluation.uncertainty import (
+    FIGURES,
+    bootstrap,
+    figures,
+    intervals,
+    paired_difference,
+    patient_groups,
+)
 
 
 def sample(n, seed=0, skill=0.6):

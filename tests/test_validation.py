@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_curve
 
-from retino_utils import screening
-from retino_utils.config import TrainConfig
 from retino_utils.data import read_split
 from retino_utils.data.layouts import patient_of
 from retino_utils.errors import RetinoError
-from retino_utils.loaders import read_splits
-from retino_utils.train import fit
+from retino_utils.evaluation import screening
+from retino_utils.train.cli import fit
+from retino_utils.train.config import TrainConfig
+from retino_utils.train.loaders import read_splits
 
 
 def config_for(data, out, **overrides):

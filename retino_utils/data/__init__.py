@@ -5,12 +5,12 @@ decoded-image cache with its batch loader.
 with ``importlib.import_module("retino_utils.data.validate")``.
 """
 
-from .batches import BatchLoader, DecodedImages
-from .cache import ImageCache
-from .cachedir import dataset_cache_dir
-from .dataset import FundusDataset, open_dataset
-from .images import load_resized, load_rgb
-from .layouts import (
+from retino_utils.data.batches import BatchLoader, DecodedImages
+from retino_utils.data.cache import ImageCache
+from retino_utils.data.cachedir import dataset_cache_dir
+from retino_utils.data.dataset import FundusDataset, open_dataset
+from retino_utils.data.images import load_resized, load_rgb
+from retino_utils.data.layouts import (
     LAYOUTS,
     SPLITS,
     SplitIndex,
@@ -20,9 +20,9 @@ from .layouts import (
     read_lab_pair,
     read_split,
 )
-from .preprocess import preprocess
-from .stats import ChannelStats, channel_stats
-from .summary import (
+from retino_utils.data.preprocess import preprocess
+from retino_utils.data.stats import ChannelStats, channel_stats
+from retino_utils.data.summary import (
     grade_table,
     image_size_table,
     preparation_comparison,
@@ -30,7 +30,7 @@ from .summary import (
     stats_table,
     synthetic_record,
 )
-from .transforms import (
+from retino_utils.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     REPORT_MEAN,
@@ -44,7 +44,7 @@ from .transforms import (
     normalize_batch,
     sample_choices,
 )
-from .validate import ValidationReport, image_problems, validate
+from retino_utils.data.validate import ValidationReport, image_problems, validate
 
 __all__ = [
     "AugmentChoices",

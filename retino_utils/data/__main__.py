@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..errors import run_cli
-from .cache import ImageCache
-from .dataset import open_dataset
-from .layouts import LAYOUTS, SPLITS, read_split
-from .preprocess import PREPARATIONS, check_size, preprocess
-from .stats import channel_stats
-from .validate import validate
+from retino_utils.data.cache import ImageCache
+from retino_utils.data.dataset import open_dataset
+from retino_utils.data.layouts import LAYOUTS, SPLITS, read_split
+from retino_utils.data.preprocess import PREPARATIONS, check_size, preprocess
+from retino_utils.data.stats import channel_stats
+from retino_utils.data.validate import validate
+from retino_utils.errors import run_cli
 
 LAYOUT_CHOICES = ("auto", *LAYOUTS)
 

@@ -19,9 +19,9 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 import torch
 
-from .images import load_resized
-from .layouts import SplitIndex
-from .transforms import AugmentChoices, augment_batch, jpeg_roundtrip, normalize_batch, sample_choices
+from retino_utils.data.images import load_resized
+from retino_utils.data.layouts import SplitIndex
+from retino_utils.data.transforms import AugmentChoices, augment_batch, jpeg_roundtrip, normalize_batch, sample_choices
 
 
 class ImageSource(Protocol):

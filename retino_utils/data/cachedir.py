@@ -8,10 +8,10 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..paths import cache_root
+from retino_utils.paths import cache_root
 
 if TYPE_CHECKING:
-    from .layouts import SplitIndex
+    from retino_utils.data.layouts import SplitIndex
 
 LOCAL_CACHE_NAME = ".retino-cache"
 

@@ -9,10 +9,10 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import RetinoError
-from .layouts import SplitIndex, nested_folder_message, nested_image_folder, read_split
-from .transforms import DecodePreset
-from .validate import image_problems
+from retino_utils.data.layouts import SplitIndex, nested_folder_message, nested_image_folder, read_split
+from retino_utils.data.transforms import DecodePreset
+from retino_utils.data.validate import image_problems
+from retino_utils.errors import RetinoError
 
 BAD_NAMES_SHOWN = 5
 

@@ -21,8 +21,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .. import NUM_CLASSES
-from ..errors import RetinoError
+from retino_utils import NUM_CLASSES
+from retino_utils.errors import RetinoError
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")

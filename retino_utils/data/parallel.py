@@ -15,8 +15,8 @@ import signal
 import sys
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
-from ..errors import DiskFullError
-from ..progress import progress as progress_bar
+from retino_utils.errors import DiskFullError
+from retino_utils.progress import progress as progress_bar
 
 POOL_MIN_TASKS = 32
 

@@ -25,11 +25,11 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from ..atomic import atomic_path, remove_stale_temp_files, write_json
-from ..errors import DiskFullError, RetinoError
-from .images import load_rgb, square_resize
-from .layouts import SPLITS, label_tables, read_split, resolve_layout
-from .parallel import parallel_map
+from retino_utils.atomic import atomic_path, remove_stale_temp_files, write_json
+from retino_utils.data.images import load_rgb, square_resize
+from retino_utils.data.layouts import SPLITS, label_tables, read_split, resolve_layout
+from retino_utils.data.parallel import parallel_map
+from retino_utils.errors import DiskFullError, RetinoError
 
 JPEG_QUALITY = 95
 SETTINGS_FILE = ".retino-preprocess.json"

@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..atomic import write_json
-from ..errors import RetinoError
-from .cachedir import dataset_cache_dir, derived_prefix, remove_stale
-from .images import load_resized, load_rgb
-from .layouts import SplitIndex
-from .parallel import parallel_map
+from retino_utils.atomic import write_json
+from retino_utils.data.cachedir import dataset_cache_dir, derived_prefix, remove_stale
+from retino_utils.data.images import load_resized, load_rgb
+from retino_utils.data.layouts import SplitIndex
+from retino_utils.data.parallel import parallel_map
+from retino_utils.errors import RetinoError
 
 Triple = tuple[float, float, float]
 

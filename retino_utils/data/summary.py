@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .. import GRADE_NAMES, GRADES
-from .images import load_resized, load_rgb
-from .layouts import SplitIndex
-from .preprocess import prepared_with_retina
-from .stats import ChannelStats
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, REPORT_MEAN, REPORT_STD
+from retino_utils import GRADE_NAMES, GRADES
+from retino_utils.data.images import load_resized, load_rgb
+from retino_utils.data.layouts import SplitIndex
+from retino_utils.data.preprocess import prepared_with_retina
+from retino_utils.data.stats import ChannelStats
+from retino_utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, REPORT_MEAN, REPORT_STD
 
 GRADE_INDEX = [f"{g} {n}" for g, n in zip(GRADES, GRADE_NAMES)]
 

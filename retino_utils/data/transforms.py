@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import RetinoError
-from .images import ImageSource, load_resized, load_rgb
+from retino_utils.data.images import ImageSource, load_resized, load_rgb
+from retino_utils.errors import RetinoError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import GRADE_NAMES, GRADES
-from ..atomic import write_json
-from ..errors import RetinoError
-from .cachedir import dataset_cache_dir, derived_prefix, remove_stale
-from .images import decode_problem
-from .layouts import (
+from retino_utils import GRADE_NAMES, GRADES
+from retino_utils.atomic import write_json
+from retino_utils.data.cachedir import dataset_cache_dir, derived_prefix, remove_stale
+from retino_utils.data.images import decode_problem
+from retino_utils.data.layouts import (
     SPLITS,
     ScannedSplit,
     SplitIndex,
@@ -30,7 +29,8 @@ from .layouts import (
     scan_split,
     shared_photos,
 )
-from .parallel import parallel_map
+from retino_utils.data.parallel import parallel_map
+from retino_utils.errors import RetinoError
 
 PROBLEMS_SHOWN = 20
 

@@ -5,7 +5,7 @@
     python -m retino_utils.synthetic --out DIR --train 2000 --test 500 --size 256 --seed 0
 """
 
-from .dataset import (
+from retino_utils.synthetic.generate import (
     DEFAULT_SHARES,
     cached_dataset,
     generate_dataset,
@@ -16,7 +16,7 @@ from .dataset import (
     plan_dataset,
     profile_dataset,
 )
-from .render import render_fundus
+from retino_utils.synthetic.render import render_fundus
 
 __all__ = [
     "DEFAULT_SHARES",

@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .. import GRADES
-from ..errors import RetinoError
+from retino_utils import GRADES
+from retino_utils.errors import RetinoError
 
 SUPERSAMPLE = 2
 """Vessels and drawn lesions are drawn at this multiple of the output size, then box-reduced."""

@@ -18,12 +18,19 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .. import GRADES
-from ..atomic import remove_stale_temp_files, write_bytes, write_json, write_text
-from ..data.parallel import parallel_map
-from ..errors import RetinoError
-from .dataset import DEFAULT_SHARES, PARAMS_FILE, check_folder, dataset_params, grade_counts, image_name
-from .render import render_fundus
+from retino_utils import GRADES
+from retino_utils.atomic import remove_stale_temp_files, write_bytes, write_json, write_text
+from retino_utils.data.parallel import parallel_map
+from retino_utils.errors import RetinoError
+from retino_utils.synthetic.generate import (
+    DEFAULT_SHARES,
+    PARAMS_FILE,
+    check_folder,
+    dataset_params,
+    grade_counts,
+    image_name,
+)
+from retino_utils.synthetic.render import render_fundus
 
 SECOND_CAMERA = "synthetic second camera"  # the set's name in the report
 VERSION = 1  # bump when the camera's look changes
