@@ -48,8 +48,8 @@ def test_an_architecture_added_in_one_place_trains_and_is_named(tmp_path, tiny_d
     """torchvision's resnet34 declared in architectures.py only: the CLI offers it, both implementations
     train it an epoch with its own layout of blocks, the tables name it, and its ImageNet file is the one
     torchvision fetches."""
-    env = package_with(tmp_path, "models/architectures.py", "ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (\n",
-                       NEW_ARCHITECTURE)
+    anchor = "ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (\n"
+    env = package_with(tmp_path, "models/architectures.py", anchor, NEW_ARCHITECTURE)
     env["RETINO_OFFLINE"], env["TORCH_HOME"] = "1", str(tmp_path / "torch-home")
     train = [sys.executable, "-m", "retino_utils.train"]
     assert "resnet34" in run([*train, "--help"], env, cwd=tmp_path).stdout
@@ -61,7 +61,7 @@ def test_an_architecture_added_in_one_place_trains_and_is_named(tmp_path, tiny_d
         state = torch.load(out / "best.pt", weights_only=False)["model"]
         reference = torchvision.models.resnet34(num_classes=5).state_dict()
         assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in reference.items()}, impl
-    label = run([sys.executable, "-c", "from retino_utils import results; import sys; "
+    label = run([sys.executable, "-c", "from retino_utils.evaluation import results; import sys; "
                  f"print(results.load_runs({{'r': sys.argv[1]}})[0]['r'].label)", str(out)], env, cwd=tmp_path)
     assert label.stdout.strip() == "ResNet-34, scratch", label.stderr[-2000:]
     refused = run([*train, "--data", str(tiny_dataset), "--out", str(tmp_path / "pretrained"), "--arch", "resnet34",
