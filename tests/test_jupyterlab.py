@@ -27,7 +27,7 @@ from retino_utils.report.html import CHROMIUM_FLAGS, find_chromium
 # run the training notebook trains; runs not trained here are reported missing, not drawn).
 MIN_FIGURES = {"01_data_statistics.ipynb": 2, "02_training.ipynb": 2, "03_comparison.ipynb": 2,
                "04_confusion_matrices.ipynb": 2, "05_class_imbalance.ipynb": 1, "06_explanations.ipynb": 1,
-               "07_ablation.ipynb": 1}
+               "07_ablation.ipynb": 1, "08_external_validation.ipynb": 3}
 CELL_TIMEOUT_S = 420
 
 
