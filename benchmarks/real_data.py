@@ -30,7 +30,7 @@ import pandas as pd
 from retino_utils import NUM_CLASSES, data
 from retino_utils.errors import RetinoError, run_cli
 from retino_utils.evaluation.metrics import compute_metrics
-from retino_utils.evaluation.results import load_run, signed_interval, with_interval
+from retino_utils.evaluation.results import ece_text, load_run, signed_interval, with_interval
 from retino_utils.evaluation.uncertainty import paired_difference
 from retino_utils.predict.external import validate
 from retino_utils.train.cli import fit
@@ -161,9 +161,7 @@ def print_table(results: dict) -> None:
             for where, metrics in (("internal", r), ("external", m)):
                 calibration = metrics.get("screening", {}).get("calibration")
                 if calibration:
-                    fitted = calibration["calibrated"]
-                    print(f"{'':<{width}} ECE {where} (calibrated on validation): "
-                          f"{with_interval(fitted['ece'], fitted.get('interval'))}")
+                    print(f"{'':<{width}} ECE {where} (calibrated on validation): {ece_text(calibration['calibrated'])}")
         for pair, difference in results.get("external_differences", {}).items():
             print(f"{pair}, paired on the same external photos: "
                   + ", ".join(f"{figure} {signed_interval(difference[figure])}" for figure in figures))

@@ -15,6 +15,7 @@ from retino_utils.atomic import write_text
 from retino_utils.errors import RetinoError, run_cli
 from retino_utils.evaluation.results import (
     RunResult,
+    ece_text,
     external_records,
     grade0_share,
     kept_epoch,
@@ -114,13 +115,11 @@ def _calibration(metrics: dict) -> str:
     calibration = (metrics.get("screening") or {}).get("calibration")
     if not calibration:
         return "## Calibration\n\nNone fitted (a run trained before calibration, or without a validation split)."
-    fitted, raw = calibration["calibrated"], calibration.get("raw")
-    lines = ["## Calibration\n",
-             f"The referable score ({calibration['raw_score']}) mapped to a probability by isotonic regression "
-             f"fitted on the validation split; on the test split its expected calibration error is "
-             f"{with_interval(fitted['ece'], fitted.get('interval'))}"
-             + (f" (the raw score's {with_interval(raw['ece'], raw.get('interval'))})." if raw else ".")]
-    return "\n".join(lines)
+    raw = calibration.get("raw")
+    return ("## Calibration\n\n"
+            f"The referable score ({calibration['raw_score']}) mapped to a probability by isotonic regression fitted "
+            f"on the validation split; on the test split its expected calibration error is "
+            f"{ece_text(calibration['calibrated'])}" + (f" (the raw score's {ece_text(raw)})." if raw else "."))
 
 
 def _external(run: RunResult) -> str:
@@ -148,8 +147,7 @@ def _external(run: RunResult) -> str:
                 f"{with_interval(m.get('referable_auc'), spans.get('referable_auc'))} | "
                 f"{signed_interval(entry['change']['referable_auc'])} | "
                 + (f"{point['sensitivity']:.1%} / {point['specificity']:.1%}" if point else "none") + " | "
-                + (with_interval(calibration["calibrated"]["ece"], calibration["calibrated"].get("interval"))
-                   if calibration else "none") + " |")
+                + (ece_text(calibration["calibrated"]) if calibration else "none") + " |")
     stale = [entry["set"] for entry in kept if not entry["current"]]
     if stale:
         lines.append(f"\nNot shown: the results on {', '.join(stale)}, which graded an earlier state of this run or a "

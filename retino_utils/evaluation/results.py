@@ -194,16 +194,24 @@ def interval_table(runs: dict[str, RunResult]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=INTERVAL_COLUMNS)
 
 
+def interval_rows(metrics: dict, figures, **labels) -> list[dict]:
+    """One row per figure of a metrics record: ``labels`` (e.g. run=...), figure, value, low, high."""
+    spans = metrics.get("intervals", {})
+    return [{**labels, "figure": figure, "value": metrics.get(figure),
+             "low": (spans.get(figure) or (None, None))[0], "high": (spans.get(figure) or (None, None))[1]}
+            for figure in figures]
+
+
+def long_frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    """``interval_rows`` as a frame for plotting, numbers as floats (NaN where undefined)."""
+    return pd.DataFrame(rows, columns=[*columns, "figure", "value", "low", "high"]).astype(
+        {"value": float, "low": float, "high": float})
+
+
 def interval_frame(runs: dict[str, RunResult], figures=("accuracy", "qwk", "referable_auc")) -> pd.DataFrame:
     """Long form (run, figure, value, low, high) of the test figures and their intervals, for plotting."""
-    rows = []
-    for name, run in runs.items():
-        spans = run.metrics.get("intervals", {})
-        for figure in figures:
-            low, high = spans.get(figure) or (None, None)
-            rows.append({"run": name, "figure": figure, "value": run.metrics.get(figure), "low": low, "high": high})
-    return pd.DataFrame(rows, columns=["run", "figure", "value", "low", "high"]).astype(
-        {"value": float, "low": float, "high": float})
+    return long_frame([row for name, run in runs.items() for row in interval_rows(run.metrics, figures, run=name)],
+                      ["run"])
 
 
 def ablation_settings(runs: dict[str, RunResult]) -> pd.DataFrame:
@@ -256,14 +264,18 @@ def calibrations(runs: dict[str, RunResult]) -> dict[str, dict]:
             if "calibration" in run.metrics.get("screening", {})}
 
 
+def ece_text(entry: dict | None) -> str:
+    """``0.054 [0.033, 0.088]``: an expected calibration error (``calibration.ece_with_interval``) as shown."""
+    return with_interval(entry["ece"], entry.get("interval")) if entry else "not fitted"
+
+
 def calibration_lines(runs: dict[str, RunResult]) -> str:
     """One Markdown line per run: the test split's ECE of the calibrated (and raw) referable score."""
     lines = []
     for label, calibration in calibrations(runs).items():
-        fitted = calibration["calibrated"]
-        line = f"- {label}: ECE {with_interval(fitted['ece'], fitted.get('interval'))} calibrated"
+        line = f"- {label}: ECE {ece_text(calibration['calibrated'])} calibrated"
         if "raw" in calibration:
-            line += f", {with_interval(calibration['raw']['ece'], calibration['raw'].get('interval'))} raw"
+            line += f", {ece_text(calibration['raw'])} raw"
         lines.append(f"{line} ({calibration['raw_score']}).")
     return "\n".join(lines) or "No run has a calibrated referable score yet."
 

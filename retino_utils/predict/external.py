@@ -21,6 +21,7 @@ from retino_utils import GRADES
 from retino_utils.atomic import write_json
 from retino_utils.data import dataset_fingerprint, detect_layout
 from retino_utils.data.images import decode_problem
+from retino_utils.data.layouts import refuse
 from retino_utils.errors import RetinoError
 from retino_utils.evaluation.model_card import write_model_card
 from retino_utils.evaluation.results import (
@@ -28,7 +29,10 @@ from retino_utils.evaluation.results import (
     PAIRED_FIGURES,
     RunResult,
     difference_verdict,
+    ece_text,
     fmt,
+    interval_rows,
+    long_frame,
     predictions,
     run_state,
     signed_interval,
@@ -78,12 +82,9 @@ def every_photo(folder: Path) -> tuple[list[str], list[Path], np.ndarray]:
     if inputs.labels is None:
         raise RetinoError(f"{folder} holds photos but no labels in a layout the package reads: an external set needs "
                           f"its grades (e.g. trainLabels.csv with image,level)")
-    problems = [(path, reason) for path in inputs.paths if (reason := decode_problem(path))]
-    if problems:
-        path, reason = problems[0]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise RetinoError(f"{path}: {reason}{more}; an external set is graded whole: fix or remove the photo "
-                          f"(python -m retino_utils.data validate {folder} lists every problem)")
+    refuse([(str(path), reason) for path in inputs.paths if (reason := decode_problem(path))],
+           f"an external set is graded whole: fix or remove the photo (python -m retino_utils.data validate {folder} "
+           f"lists every problem)")
     return inputs.names, inputs.paths, inputs.labels
 
 
@@ -133,20 +134,15 @@ def record(result: ExternalResult) -> Path:
 # -- what the notebook shows --------------------------------------------------------------------------------
 def side_by_side(results: Sequence[ExternalResult], figures: Sequence[str] = COMPARED) -> pd.DataFrame:
     """Long form (run, source, figure, value, low, high): each run's internal test figures and each external set's."""
-    rows = []
+    rows, shown = [], set()
     for result in results:
-        sources = ((f"internal test ({result.run.metrics.get('n', '?')})", result.run.metrics),
-                   (f"{result.set_name} ({len(result.table)})", result.metrics))
-        for source, metrics in sources:
-            if source in {row["source"] for row in rows if row["run"] == result.run.name}:
-                continue  # a run's internal figures once, however many external sets
-            spans = metrics.get("intervals", {})
-            for figure in figures:
-                low, high = spans.get(figure) or (None, None)
-                rows.append({"run": result.run.name, "source": source, "figure": figure,
-                             "value": metrics.get(figure), "low": low, "high": high})
-    return pd.DataFrame(rows, columns=["run", "source", "figure", "value", "low", "high"]).astype(
-        {"value": float, "low": float, "high": float})
+        if result.run.name not in shown:  # a run's internal figures once, however many external sets
+            shown.add(result.run.name)
+            rows += interval_rows(result.run.metrics, figures, run=result.run.name,
+                                  source=f"internal test ({result.run.metrics.get('n', '?')})")
+        rows += interval_rows(result.metrics, figures, run=result.run.name,
+                              source=f"{result.set_name} ({len(result.table)})")
+    return long_frame(rows, ["run", "source"])
 
 
 def comparison_table(results: Sequence[ExternalResult], figures: Sequence[str] = COMPARED) -> pd.DataFrame:
@@ -186,10 +182,7 @@ def calibration_table(results: Sequence[ExternalResult]) -> pd.DataFrame:
     for result in results:
         row = {"run": result.run.name, "external set": result.set_name}
         for where, metrics in (("internal", result.run.metrics), ("external", result.metrics)):
-            calibration = metrics.get("screening", {}).get("calibration")
-            row[f"ECE {where}"] = (with_interval(calibration["calibrated"]["ece"],
-                                                 calibration["calibrated"].get("interval"))
-                                   if calibration else "not fitted")
+            row[f"ECE {where}"] = ece_text(metrics.get("screening", {}).get("calibration", {}).get("calibrated"))
         rows.append(row)
     return pd.DataFrame(rows).set_index("run")
 

@@ -241,6 +241,13 @@ def roc_curves(curves: Mapping[str, dict], reference_points: Mapping[str, tuple[
     return fig
 
 
+def filled_bins(table: dict) -> tuple[list[float], list[float], np.ndarray]:
+    """Of a reliability table: mean prediction, observed rate and photo count of the bins that hold photos."""
+    shown = [i for i, n in enumerate(table["count"]) if n > 0]
+    return ([table["predicted"][i] for i in shown], [table["observed"][i] for i in shown],
+            np.asarray(table["count"])[shown])
+
+
 def reliability_diagram(calibrations: Mapping[str, dict]) -> Figure:
     """Observed referable rate against calibrated probability per bin, with the bins' photo counts below.
 
@@ -254,9 +261,7 @@ def reliability_diagram(calibrations: Mapping[str, dict]) -> Figure:
     width = 0.1 / (len(calibrations) + 1)
     for i, (color, (label, calibration)) in enumerate(zip(palette, calibrations.items())):
         table = calibration["reliability"]
-        shown = [n > 0 for n in table["count"]]
-        predicted = [p for p, keep in zip(table["predicted"], shown) if keep]
-        observed = [o for o, keep in zip(table["observed"], shown) if keep]
+        predicted, observed, _ = filled_bins(table)
         top.plot(predicted, observed, "o-", color=color, label=label)
         centres = np.asarray(table["edges"][:-1]) + (i + 1) * width
         bottom.bar(centres, table["count"], width=width, color=color)
@@ -285,12 +290,10 @@ def reliability_grid(panels: Mapping[str, Mapping[str, dict]], ncols: int = 4) -
     for ax, (title, panel) in zip(axes.flat, panels.items()):
         ax.plot([0, 1], [0, 1], ls=":", color="0.6")
         for source, calibration in panel.items():
-            table = calibration["reliability"]
-            shown = [i for i, n in enumerate(table["count"]) if n > 0]
-            share = np.asarray(table["count"], dtype=float)[shown] / max(sum(table["count"]), 1)
-            ax.plot([table["predicted"][i] for i in shown], [table["observed"][i] for i in shown], "-", color=colors[source])
-            ax.scatter([table["predicted"][i] for i in shown], [table["observed"][i] for i in shown], s=10 + 200 * share,
-                       color=colors[source], label=source, zorder=3)
+            predicted, observed, counts = filled_bins(calibration["reliability"])
+            ax.plot(predicted, observed, "-", color=colors[source])
+            ax.scatter(predicted, observed, s=10 + 200 * counts / max(counts.sum(), 1), color=colors[source],
+                       label=source, zorder=3)
         ax.set_title(title, fontsize=9)
         ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
     for ax in axes.flat[len(panels):]:
