@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 PYTEST_ARGS ?=
 REPORT_ARGS ?=
 
-.PHONY: setup test report lab clean
+.PHONY: setup test test-fast report lab clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP):
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The inner loop: everything but the end-to-end, real-data and heavy tests (see the README's Tests section).
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not shared_data and not heavy" $(PYTEST_ARGS)
 
 report: setup
 	$(PY) -m retino_utils.report $(REPORT_ARGS)

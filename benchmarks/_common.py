@@ -63,11 +63,11 @@ def run_on_real_data(args, run: Callable, print_table: Callable[[dict], None]) -
 def prepared_copy(args, prepare: str) -> Path:
     """``args.data`` prepared as ``prepare`` (``python -m retino_utils.data preprocess --prepare``), written once
     under ``args.out`` (a rerun only checks it)."""
-    from retino_utils.data.preprocess import preprocess
+    from retino_utils.data.preprocess import preprocess_dataset
 
     size = 64 if args.smoke else PREPARED_SIZE
     copy = args.out / f"{prepare}-{size}px-photos"
-    summary = preprocess(args.data, copy, size, prepare=prepare, progress=args.progress)
+    summary = preprocess_dataset(args.data, copy, size, prepare=prepare, progress=args.progress)
     if summary.failed:
         raise RetinoError(f"{len(summary.failed)} photos of {args.data} could not be read, e.g. {summary.failed[0]}")
     return copy

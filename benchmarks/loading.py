@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +30,9 @@ import numpy as np
 import torch
 
 from retino_utils import data
-from retino_utils.data.preprocess import preprocess
-from retino_utils.errors import RetinoError, format_bytes, run_cli
+from retino_utils.atomic import format_bytes
+from retino_utils.data.preprocess import preprocess_dataset
+from retino_utils.errors import RetinoError, run_cli
 from retino_utils.paths import cache_root
 from retino_utils.synthetic import cached_dataset
 
@@ -66,7 +66,7 @@ def photos_for_benchmark(args, folder: Path) -> Path:
                                 size=2 * args.size)
     else:
         source = EXTERNAL_DATA
-    summary = preprocess(source, folder, args.size, prepare="crop", progress=False)
+    summary = preprocess_dataset(source, folder, args.size, prepare="crop", progress=False)
     if summary.failed:
         raise RetinoError(f"{len(summary.failed)} photos of {source} could not be read, e.g. {summary.failed[0]}")
     return source

@@ -30,6 +30,7 @@ import pandas as pd
 from retino_utils import NUM_CLASSES, data
 from retino_utils.errors import RetinoError, run_cli
 from retino_utils.evaluation.metrics import compute_metrics
+from retino_utils.evaluation.record import RunRecord, Scores
 from retino_utils.evaluation.results import ece_text, load_run, signed_interval, with_interval
 from retino_utils.evaluation.uncertainty import paired_difference
 from retino_utils.predict.external import validate
@@ -72,9 +73,9 @@ def entry_config(name: str, args) -> TrainConfig:
     return dataclasses.replace(config, out=str(args.out / f"{name}-{config.image_size}px-{config.epochs}ep"))
 
 
-def majority_metrics(train_labels: np.ndarray, test_labels: np.ndarray) -> dict:
+def majority_scores(train_labels: np.ndarray, test_labels: np.ndarray) -> Scores:
     majority = int(np.bincount(train_labels, minlength=NUM_CLASSES).argmax())
-    return compute_metrics(test_labels, np.full_like(test_labels, majority))
+    return Scores(**compute_metrics(test_labels, np.full_like(test_labels, majority)))
 
 
 def run(args) -> dict:
@@ -87,19 +88,20 @@ def run(args) -> dict:
         external = None
     tables: dict[str, pd.DataFrame] = {}
     results = {"data": str(args.data), "external": str(external) if external else None,
-               "baseline": {"label": "majority grade", **majority_metrics(train.labels, test.labels)}, "runs": {}}
+               "baseline": {"label": "majority grade", "scores": majority_scores(train.labels, test.labels).to_dict()},
+               "runs": {}}
     for name in args.runs:
         entry, config = ENTRIES[name], entry_config(name, args)
         print(f"\n== {entry.label}: {config.epochs} epochs -> {config.out}", flush=True)
         fit(config)  # a finished run in the folder is reused as it is
         finished = load_run(config.out)
-        results["runs"][name] = {**finished.metrics, "label": entry.label, "epochs": config.epochs,
+        results["runs"][name] = {"record": finished.metrics.to_dict(), "label": entry.label, "epochs": config.epochs,
                                  "settings": RECIPES[entry.recipe], "prepare": entry.prepare, "out": config.out,
                                  "sizes": config.size_stages(), "training_minutes": finished.history["seconds"].sum() / 60}
         if external is not None:
             checked = validate(finished, "external", external, args.device)
             tables[name] = checked.table
-            results["runs"][name]["external"] = checked.metrics
+            results["runs"][name]["external"] = checked.metrics.to_dict()
             results["runs"][name]["external_change"] = checked.drop  # external minus internal, unpaired
     ran = [(a, b) for a, b in PAIRS if a in results["runs"] and b in results["runs"]]
     results["differences"] = {f"{a} - {b}": paired_on_test(results["runs"][a]["out"], results["runs"][b]["out"])
@@ -124,21 +126,22 @@ def paired(a: pd.DataFrame, b: pd.DataFrame) -> dict:
 
 
 def print_table(results: dict) -> None:
-    rows = [results["baseline"], *results["runs"].values()]
-    width = max(len(r["label"]) for r in rows) + 2
-    print(f"\ntest split of {results['data']} ({results['baseline']['n']} photos), scored once; "
+    baseline = Scores.from_dict(results["baseline"]["scores"], "the majority baseline")
+    records = {name: RunRecord.from_dict(r["record"], f"run {name}") for name, r in results["runs"].items()}
+    rows = [(results["baseline"], baseline), *((r, records[name]) for name, r in results["runs"].items())]
+    width = max(len(r["label"]) for r, _ in rows) + 2
+    print(f"\ntest split of {results['data']} ({baseline.n} photos), scored once; "
           f"{results['minutes']:.1f} minutes in all")
     grades = "".join(f"{'rec' + str(g):>6}" for g in range(NUM_CLASSES))
     print(f"{'':<{width}}{'epochs':>7}{'kept':>5}{'acc [95% CI]':>22}{'QWK [95% CI]':>24}{'mF1':>7}{grades}"
           f"{'refAUC [95% CI]':>24}")
-    for r in rows:
-        spans = r.get("intervals", {})
-        recall = "".join(f"{v:>6.2f}" for v in r["recall"])
-        auc = r.get("referable_auc")
-        print(f"{r['label']:<{width}}{r.get('epochs', ''):>7}{r.get('best_epoch', ''):>5}"
-              f"{with_interval(r['accuracy'], spans.get('accuracy'), '.1%'):>22}"
-              f"{with_interval(r['qwk'], spans.get('qwk')):>24}{r['macro_f1']:>7.3f}{recall}"
-              f"{'' if auc is None else with_interval(auc, spans.get('referable_auc')):>24}")
+    for r, m in rows:
+        recall = "".join(f"{v:>6.2f}" for v in m.recall)
+        kept = m.best_epoch if isinstance(m, RunRecord) else ""
+        print(f"{r['label']:<{width}}{r.get('epochs', ''):>7}{kept:>5}"
+              f"{with_interval(m.accuracy, m.interval('accuracy'), '.1%'):>22}"
+              f"{with_interval(m.qwk, m.interval('qwk')):>24}{m.macro_f1:>7.3f}{recall}"
+              f"{'' if m.referable_auc is None else with_interval(m.referable_auc, m.interval('referable_auc')):>24}")
     figures = ("accuracy", "qwk", "referable_auc")
     for pair, difference in results.get("differences", {}).items():
         print(f"{pair}, paired on the same test photos: "
@@ -146,30 +149,31 @@ def print_table(results: dict) -> None:
     if results.get("external"):
         print(f"\nexternal: {results['external']} (every photo, graded as predict --preprocess does; never trained "
               f"on); the screening threshold is the run's, chosen on its validation split")
-        for r in results["runs"].values():
-            m = r["external"]
-            spans, target = m["intervals"], m["screening"]["operating_points"].get("target", {})
+        for name, r in results["runs"].items():
+            m = Scores.from_dict(r["external"], f"run {name} (external)")
+            target = m.screening.point("target")
             point = (f"; at its 87%-sensitivity threshold: sensitivity {target['sensitivity']:.1%}, specificity "
                      f"{target['specificity']:.1%}" if target else "")
-            print(f"{r['label']:<{width}} accuracy {with_interval(m['accuracy'], spans['accuracy'], '.1%')}, "
-                  f"QWK {with_interval(m['qwk'], spans['qwk'])}, referable AUC "
-                  f"{with_interval(m['referable_auc'], spans['referable_auc'])}{point}")
+            print(f"{r['label']:<{width}} accuracy {with_interval(m.accuracy, m.interval('accuracy'), '.1%')}, "
+                  f"QWK {with_interval(m.qwk, m.interval('qwk'))}, referable AUC "
+                  f"{with_interval(m.referable_auc, m.interval('referable_auc'))}{point}")
             change = r.get("external_change")
             if change:
                 print(f"{'':<{width}} external minus internal (unpaired): "
                       + ", ".join(f"{figure} {signed_interval(change[figure])}" for figure in figures))
-            for where, metrics in (("internal", r), ("external", m)):
-                calibration = metrics.get("screening", {}).get("calibration")
+            for where, scores in (("internal", records[name]), ("external", m)):
+                calibration = scores.screening.calibration
                 if calibration:
                     print(f"{'':<{width}} ECE {where} (calibrated on validation): {ece_text(calibration['calibrated'])}")
         for pair, difference in results.get("external_differences", {}).items():
             print(f"{pair}, paired on the same external photos: "
                   + ", ".join(f"{figure} {signed_interval(difference[figure])}" for figure in figures))
-    for r in results["runs"].values():
+    for name, r in results["runs"].items():
         settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items()) or "the engine's defaults"
         sizes = " -> ".join(f"{size} px x {epochs}" for size, epochs in r["sizes"])
         photos = f"photos prepared as {r['prepare']}" if r.get("prepare") else "photos as they are"
-        print(f"{r['label']}: {settings}; {photos}; {sizes}; kept epoch {r['best_epoch']} ({r['select_on']}); "
+        print(f"{r['label']}: {settings}; {photos}; {sizes}; kept epoch {records[name].best_epoch} "
+              f"({records[name].select_on}); "
               f"trained {r['training_minutes']:.1f} minutes")
 
 

@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     add_output_arguments(parser, "a few steps at 32 px on synthetic images (for CI)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.size, args.archs, args.steps, args.repeats, args.batch_size = 32, ["resnet18"], 2, 1, 8
+        args.size, args.archs, args.steps, args.repeats, args.batch_size = 32, ["resnet18"], 2, 3, 8
     return publish(measure(args), print_table, args.json)
 
 

@@ -16,12 +16,21 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from retino_utils.errors import DiskFullError, format_bytes
+from retino_utils.errors import DiskFullError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # what mkstemp(prefix=".<name>.", suffix=".tmp") makes
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def format_bytes(size: float) -> str:
+    """``1536`` -> ``"1.5 KB"``: sizes in the unit that keeps them readable (decimal units, as df -H)."""
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if abs(size) < 1000:
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
 
 
 @contextlib.contextmanager

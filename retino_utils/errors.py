@@ -27,15 +27,6 @@ class WeightsUnavailableError(RetinoError):
     code = "weights-unavailable"
 
 
-def format_bytes(size: float) -> str:
-    """``1536`` -> ``"1.5 KB"``: sizes in the unit that keeps them readable (decimal units, as df -H)."""
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if abs(size) < 1000:
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
-
-
 def run_cli(
     main: Callable[[Sequence[str] | None], int | None],
     argv: Sequence[str] | None = None,

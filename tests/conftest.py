@@ -3,6 +3,17 @@ import pytest
 from retino_utils.paths import SHARED_DATA_DIR
 
 
+# Fixtures that train a run or render a data set (once per session or module): a test that uses one is heavy.
+HEAVY_FIXTURES = {"trained", "lever_run", "finished", "second_camera", "small_dataset"}
+
+
+def pytest_collection_modifyitems(items):
+    """``heavy``: the tests `make test-fast` leaves out (see the README's Tests section)."""
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.heavy)
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Derived files of read-only folders go to a per-test folder, and progress bars stay quiet."""

@@ -71,6 +71,7 @@ def test_the_new_levers_leave_earlier_draws_unchanged():
     assert before.gamma is None and after.gamma.min() >= np.exp(-0.4) - 1e-6
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("lever", ["gamma", "saturation", "blur", "jpeg"])
 def test_each_lever_trains(tiny_dataset, tmp_path, lever):
     from retino_utils.train.cli import fit

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from retino_utils.evaluation.cam import grad_cam, lesion_share, overlay, target_scores
+from retino_utils.evaluation.cam import grad_cam, lesion_share, overlay, target_label, target_scores
 from retino_utils.models.networks import build_model
 
 
@@ -27,6 +27,7 @@ def reference_cam(model, x, target):
     return cam / cam.flatten(1).amax(1)[:, None, None]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("impl", ["torchvision", "native"])
 @pytest.mark.parametrize("classes, target", [(5, "grade"), (5, "referable"), (1, "grade")])
@@ -49,6 +50,17 @@ def test_referable_target_is_log_probability_of_grade_two_or_worse():
     probs = torch.softmax(logits, 1)
     assert float(target_scores(logits, "referable")) == pytest.approx(float(torch.log(probs[0, 2:].sum())))
     assert float(target_scores(logits, "grade")) == 2.0
+
+
+def test_a_regression_heads_map_is_its_severity_score_whichever_the_target():
+    """One output: the grade and referable maps are one map, and its title says what it explains."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", None, num_classes=1).double().eval()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    torch.testing.assert_close(grad_cam(model, x, "grade"), grad_cam(model, x, "referable"))
+    assert {target_label(target, regression=True) for target in ("grade", "referable")} == {
+        "the severity score (the regression output)"}
+    assert target_label("referable", regression=False) != target_label("grade", regression=False)
 
 
 def test_overlay_keeps_the_photo_where_the_map_is_blue_and_marks_the_hot_spot():

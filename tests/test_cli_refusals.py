@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from retino_utils.train.cli import fit
@@ -26,6 +27,7 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
+@pytest.mark.heavy
 def test_report_pdf_without_chromium_is_refused_before_the_build(tmp_path):
     no_browser = {"PATH": str(Path(sys.executable).parent)}  # python's own folder: no chromium on it
     result = cli("report", "--profile", "smoke", "--out", tmp_path / "out", "--pdf", env=no_browser)
@@ -34,6 +36,7 @@ def test_report_pdf_without_chromium_is_refused_before_the_build(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.heavy
 def test_an_earlier_failure_of_another_step_does_not_fail_an_only_build(tmp_path):
     out = tmp_path / "out"
     (out / "steps").mkdir(parents=True)
@@ -45,6 +48,7 @@ def test_an_earlier_failure_of_another_step_does_not_fail_an_only_build(tmp_path
     assert "failed step comparison" not in result.stdout
 
 
+@pytest.mark.heavy
 def test_a_last_training_batch_of_one_photo_trains(tiny_dataset, tmp_path):
     # 40 training photos, 4 held out for validation: batches of 35 leave one photo for the last batch.
     result = cli("train", "--data", tiny_dataset, "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "35",
@@ -62,6 +66,7 @@ def test_train_refuses_a_tiny_image_size_and_a_file_for_data(tiny_dataset, tmp_p
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.heavy
 def test_a_refused_resume_does_not_advise_the_command_that_failed(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     fit(TrainConfig(data=str(tiny_dataset), out=str(run), epochs=1, batch_size=8, image_size=32, device="cpu",

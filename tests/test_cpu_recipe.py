@@ -3,7 +3,6 @@ affine, recolouring against a float64 formula, the balanced-to-natural sampling 
 eyes by hand, the moving average of the weights against its recursion, progressive resizing in a run,
 and a run using all of them reproduced by the predict command."""
 
-import copy
 import json
 import os
 import subprocess
@@ -25,8 +24,7 @@ from retino_utils.synthetic import generate_dataset
 from retino_utils.train.checkpoint import load_checkpoint, scored_weights
 from retino_utils.train.cli import fit
 from retino_utils.train.config import TrainConfig
-from retino_utils.train.ema import moving_average
-from retino_utils.train.engine import train_one_epoch
+from retino_utils.train.ema import moving_average, warmed_decay
 from retino_utils.train.optim import build_optimizer
 
 
@@ -87,27 +85,54 @@ def test_eyes_are_paired_by_patient_and_blended():
     assert torch.equal(fuse_eyes(scores, names, 0.0), scores)
 
 
-def test_moving_average_follows_its_recursion():
+def train_with_averages(model, averages, steps=40):
+    """Train ``model`` for ``steps`` seeded SGD steps, updating each moving average after every step."""
+    torch.manual_seed(1)
+    optimizer = build_optimizer(model.parameters(), TrainConfig(lr=0.1))
+    for _ in range(steps):
+        x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        for average in averages:
+            average.update_parameters(model)
+
+
+def floats(averaged) -> dict:
+    return {k: v for k, v in averaged.module.state_dict().items() if v.is_floating_point()}
+
+
+def test_moving_average_matches_torchs_own_once_warmed_up():
+    """torch's exponential moving average (swa_utils.get_ema_multi_avg_fn) is the reference: below the warm-up's
+    floor (a decay of 0.1, which every warm-up step exceeds) the two agree from the first step; with a decay of 0.5
+    they agree from the step the warm-up reaches it, and before it ours is nearer the current weights."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
-    replay = copy.deepcopy(model)
-    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,)), torch.arange(8)) for _ in range(40)]
-    config = TrainConfig(lr=0.1)
-    ema = moving_average(model, 0.5)  # warm-up for 8 updates, then 0.5
-    train_one_epoch(model, torch.nn.CrossEntropyLoss(), build_optimizer(model.parameters(), config), batches,
-                    device=torch.device("cpu"), ema=ema, show_progress=False)
-    # Replay the same steps by hand in float64: the average starts at the first step's weights, then
-    # w <- d w + (1 - d) p with d = min(0.5, (1 + n) / (10 + n)) after n updates (timm's warm-up).
-    optimizer, average = build_optimizer(replay.parameters(), config), None
-    for n, (x, y, _) in enumerate(batches):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(replay(x), y).backward()
-        optimizer.step()
-        now = {k: v.double() for k, v in replay.state_dict().items() if v.is_floating_point()}
-        decay = min(0.5, (1 + n) / (10 + n))
-        average = now if average is None else {k: decay * average[k] + (1 - decay) * now[k] for k in now}
-    for key, value in average.items():
-        np.testing.assert_allclose(ema.module.state_dict()[key].double().numpy(), value.numpy(), atol=1e-6)
+    ours, torchs = moving_average(model, 0.1), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.1),
+                                                             use_buffers=True)
+    train_with_averages(model, [ours, torchs])
+    for key, value in floats(torchs).items():
+        torch.testing.assert_close(floats(ours)[key], value)
+
+    warming, plain = moving_average(model, 0.5), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.5),
+                                                               use_buffers=True)
+    train_with_averages(model, [warming, plain], steps=1)
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in floats(warming).items())  # no past yet
+    warmed = next(step for step in range(100) if warmed_decay(0.5, step) == 0.5)
+    train_with_averages(model, [warming, plain], steps=warmed - 1)  # the updates before the decay reaches 0.5
+    weights = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    def distance(average):
+        return sum(float((floats(average)[k] - w).norm()) for k, w in weights.items())
+
+    assert distance(warming) < distance(plain)  # warming up, it forgets the first random weights faster
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.5), use_buffers=True)
+    reference.load_state_dict(warming.state_dict())
+    train_with_averages(model, [warming, reference])
+    for key, value in floats(reference).items():
+        torch.testing.assert_close(floats(warming)[key], value)
 
 
 def test_size_stages_and_their_refusals():
@@ -160,9 +185,9 @@ def test_progressive_resizing_trains_small_first_and_keeps_a_full_size_epoch(lev
     metrics = json.loads((lever_run / "metrics.json").read_text())
     assert metrics["best_epoch"] in (2, 3)
     kept = load_checkpoint(lever_run / "best.pt")
-    assert kept["ema"] is not None and set(scored_weights(kept)) == set(kept["model"])
-    assert any(not torch.equal(scored_weights(kept)[k], kept["model"][k]) for k in kept["model"]
-               if kept["model"][k].is_floating_point())
+    assert kept.ema is not None and set(scored_weights(kept)) == set(kept.model)
+    assert any(not torch.equal(scored_weights(kept)[k], kept.model[k]) for k in kept.model
+               if kept.model[k].is_floating_point())
 
 
 def test_predict_reproduces_a_run_with_every_lever(lever_run, paired_dataset, tmp_path):

@@ -12,7 +12,7 @@ import sys
 import pytest
 from builders import make_kaggle, make_lab, write_image
 
-from retino_utils.data import open_dataset, preprocess, read_split, validate
+from retino_utils.data import open_dataset, preprocess_dataset, read_split, validate_dataset
 from retino_utils.data.preprocess import MIN_SIZE
 from retino_utils.errors import RetinoError
 from retino_utils.paths import REPO_ROOT
@@ -28,6 +28,7 @@ def data_cli(*args):
     )
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("size", ["0", "-512"])
 def test_preprocess_cli_refuses_a_bad_size_before_touching_dst(tmp_path, size):
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -47,7 +48,7 @@ def test_preprocess_function_refuses_a_bad_size_before_writing(tmp_path, size):
     dst.mkdir()  # an empty folder given as DST stays empty
     message = rf"^size {size!r} is not a usable output side: .* at least {MIN_SIZE}"
     with pytest.raises(RetinoError, match=message) as info:
-        preprocess(src, dst, size=size, progress=False)
+        preprocess_dataset(src, dst, size=size, progress=False)
     assert "\n" not in str(info.value)
     assert list(dst.iterdir()) == []
 
@@ -55,7 +56,7 @@ def test_preprocess_function_refuses_a_bad_size_before_writing(tmp_path, size):
 def test_preprocess_accepts_the_minimum_size(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_lab(src)
-    summary = preprocess(src, dst, size=MIN_SIZE, workers=1, progress=False)
+    summary = preprocess_dataset(src, dst, size=MIN_SIZE, workers=1, progress=False)
     assert summary.written == 10 and not summary.failed
 
 
@@ -72,6 +73,7 @@ def second_extension_lab(root, extension, listed=""):
     return name
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("extension", [".JPG", ".png", ".JPEG"])
 def test_one_name_with_two_extensions_is_reported_by_validate(tmp_path, extension):
     name = second_extension_lab(tmp_path, extension)
@@ -100,13 +102,14 @@ def test_one_kaggle_name_in_train_and_images_is_ambiguous(tmp_path):
     write_image(tmp_path / "images" / f"{name}.jpeg", name=name)
     with pytest.raises(RetinoError, match=rf"name '{name}' matches 2 photos \(train/{name}.jpeg, images/{name}.jpeg\)"):
         read_split(tmp_path, "train")
-    report = validate(tmp_path, workers=1, progress=False)
+    report = validate_dataset(tmp_path, workers=1, progress=False)
     assert not report.ok
     assert [reason for _, reason in report.problems if "matches 2 photos" in reason] == [
         f"name '{name}' matches 2 photos (train/{name}.jpeg, images/{name}.jpeg): remove or rename all but one, "
         "so the name means a single photo"]
 
 
+@pytest.mark.heavy
 def test_one_lab_name_in_the_root_and_images_is_ambiguous(tmp_path):
     rows = make_lab(tmp_path, image_dir="images")
     name = rows["test"][0][0]
@@ -120,7 +123,7 @@ def test_one_lab_name_in_the_root_and_images_is_ambiguous(tmp_path):
 def test_one_photo_reached_twice_through_a_link_is_not_ambiguous(tmp_path):
     make_lab(tmp_path)
     os.symlink(".", tmp_path / "images")  # images/ is the root itself: every photo is seen in both folders
-    assert validate(tmp_path, workers=1, progress=False).ok
+    assert validate_dataset(tmp_path, workers=1, progress=False).ok
     assert all(path.parent == tmp_path / "images" for path in read_split(tmp_path, "train").paths)
 
 

@@ -1,7 +1,6 @@
 """The image cache and BatchLoader: same tensors as the per-image path and as torchvision, resumable
 builds, invalidation, DDP sharding, weighted sampling, reproducible epochs."""
 
-import importlib
 import math
 import threading
 
@@ -12,6 +11,7 @@ import torchvision.transforms.functional as TF
 from builders import make_kaggle, make_lab
 from PIL import Image
 
+import retino_utils.data.cache as cache_module
 from retino_utils.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -31,7 +31,6 @@ from retino_utils.data.__main__ import main
 from retino_utils.data.transforms import rotate
 from retino_utils.errors import RetinoError
 
-cache_module = importlib.import_module("retino_utils.data.cache")
 SIZE = 16
 MEAN, STD = (0.4, 0.3, 0.2), (0.25, 0.2, 0.15)
 

@@ -157,6 +157,7 @@ def test_kaggle_split_keeps_patients_whole_stratified_and_sized(tmp_path):
         assert abs(len(stratum & _patients(test)) - 0.2 * len(stratum)) < 1
 
 
+@pytest.mark.heavy
 def test_split_is_deterministic_seeded_and_independent_of_hash_seed(tmp_path):
     make_kaggle(tmp_path, n_patients=50)
     first = read_split(tmp_path, "test").names

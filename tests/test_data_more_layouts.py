@@ -9,7 +9,7 @@ import warnings
 import pytest
 from builders import write_image, write_lines
 
-from retino_utils.data import detect_layout, read_split, validate
+from retino_utils.data import detect_layout, read_split, validate_dataset
 from retino_utils.data.layouts import label_tables, patient_of, scan_split, shared_photos
 from retino_utils.errors import RetinoError
 
@@ -158,7 +158,7 @@ def test_idrid_bad_grade_and_missing_photo(tmp_path):
     assert len(read_split(tmp_path, "test")) == 3  # the other split is fine
     _set_line(table, 4, "")
     (tmp_path / "1. Original Images" / "a. Training Set" / "IDRiD_002.jpg").unlink()
-    report = validate(tmp_path, workers=1, progress=False)
+    report = validate_dataset(tmp_path, workers=1, progress=False)
     assert not report.ok
     assert any("IDRiD_002.jpg" in where for where, _ in report.problems)
 
@@ -188,7 +188,7 @@ def test_ddr_reads_name_grade_lines_and_leaves_out_ungradable_saying_so(tmp_path
     scanned = scan_split(tmp_path, "test")
     assert _pairs(scanned.index) == [("007-0005-100.jpg", 1), ("007-0007-100.jpg", 3)]
     assert scanned.excluded == [("test.txt line 2", "007-0006-100.jpg has grade 5 (ungradable)")]
-    report = validate(tmp_path, workers=1, progress=False)
+    report = validate_dataset(tmp_path, workers=1, progress=False)
     assert report.ok and report.counts.loc["test", "total"] == 2
     assert sum("left out 1 ungradable" in note for note in report.notes) == 2
     assert "note: ddr layout: left out" in report.format()
@@ -355,10 +355,10 @@ def test_every_layout_is_a_choice_of_the_settings():
 @pytest.mark.parametrize("make", [_make_idrid, _make_deepdrid, _make_ddr])
 def test_a_preprocessed_copy_carries_its_layouts_label_tables(tmp_path, make):
     """preprocess copies the tables a layout found by their columns too, so the copy reads as the original."""
-    from retino_utils.data.preprocess import preprocess
+    from retino_utils.data.preprocess import preprocess_dataset
 
     source, copy = tmp_path / "source", tmp_path / "copy"
     make(source)
-    assert not preprocess(source, copy, 16, progress=False).failed
+    assert not preprocess_dataset(source, copy, 16, progress=False).failed
     assert detect_layout(copy) == detect_layout(source)
     assert _pairs(*_read_both(copy)) == _pairs(*_read_both(source))

@@ -18,7 +18,7 @@ from retino_utils.data.preprocess import (
     SETTINGS_FILE,
     copy_settings,
     preparation_of,
-    preprocess,
+    preprocess_dataset,
     retina_region,
     standardised,
 )
@@ -81,22 +81,23 @@ def test_an_enhanced_and_a_raw_photo_reach_the_same_statistics():
 def test_copies_record_their_preparation_and_older_copies_are_read(tmp_path):
     src = tmp_path / "src"
     make_aptos(src, n=5, size=(48, 48))
-    preprocess(src, tmp_path / "retina", 32, prepare="retina", progress=False)
+    preprocess_dataset(src, tmp_path / "retina", 32, prepare="retina", progress=False)
     assert copy_settings(tmp_path / "retina").prepare == "retina"
     assert preparation_of(tmp_path / "retina" / "train_images") == "retina" and preparation_of(src) is None
     # A copy written by the version before preparations had names resumes as the same graham copy.
-    preprocess(src, tmp_path / "old", 32, prepare="graham", progress=False)
+    preprocess_dataset(src, tmp_path / "old", 32, prepare="graham", progress=False)
     (tmp_path / "old" / SETTINGS_FILE).write_text(json.dumps({"size": 32, "graham": True, "layout": "aptos",
                                                               "version": 2}))
     assert copy_settings(tmp_path / "old").prepare == "graham"
-    summary = preprocess(src, tmp_path / "old", 32, prepare="graham", progress=False)
+    summary = preprocess_dataset(src, tmp_path / "old", 32, prepare="graham", progress=False)
     assert summary.written == 0 and summary.skipped == 5
     with pytest.raises(RetinoError, match="preprocessed with"):
-        preprocess(src, tmp_path / "old", 32, prepare="retina", progress=False)
+        preprocess_dataset(src, tmp_path / "old", 32, prepare="retina", progress=False)
     with pytest.raises(RetinoError, match="unknown preparation 'retinal'"):
-        preprocess(src, tmp_path / "new", 32, prepare="retinal", progress=False)
+        preprocess_dataset(src, tmp_path / "new", 32, prepare="retinal", progress=False)
 
 
+@pytest.mark.heavy
 def test_the_command_line_names_preparations_and_keeps_graham(tmp_path):
     src = tmp_path / "src"
     make_aptos(src, n=5, size=(48, 48))

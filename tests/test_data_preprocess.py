@@ -8,7 +8,7 @@ import pytest
 from builders import make_aptos, make_kaggle, make_lab, write_lines
 from PIL import Image
 
-from retino_utils.data import preprocess, read_split, validate
+from retino_utils.data import preprocess_dataset, read_split, validate_dataset
 from retino_utils.data.__main__ import main
 from retino_utils.data.images import square_resize
 from retino_utils.data.preprocess import disc_box
@@ -61,7 +61,7 @@ def test_preprocess_crops_the_disc_to_fill_the_square(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_lab(src, n_train=2, n_test=1)
     disc_photo().save(src / "100_left.jpeg", quality=95)
-    summary = preprocess(src, dst, size=64, progress=False)
+    summary = preprocess_dataset(src, dst, size=64, progress=False)
     assert summary.written == 3 and summary.skipped == 0 and summary.failed == []
     out = np.asarray(Image.open(dst / "100_left.jpeg"))
     assert out.shape == (64, 64, 3)
@@ -77,7 +77,7 @@ def test_dark_image_is_kept_whole(tmp_path):
     dark = Image.fromarray(np.random.default_rng(0).integers(0, 6, (30, 50, 3), dtype=np.uint8))
     name = read_split(src, "train").paths[0]
     dark.save(name)
-    preprocess(src, dst, size=32, progress=False)
+    preprocess_dataset(src, dst, size=32, progress=False)
     out = np.asarray(Image.open(dst / name.relative_to(src)))
     assert np.array_equal(out, np.asarray(square_resize(dark, 32)))  # PNG: lossless, so exact
 
@@ -89,7 +89,7 @@ def test_graham_subtracts_the_local_average_inside_the_disc(tmp_path):
     photo = np.asarray(disc_photo()).copy()
     photo[90:101, 140:151] = 40  # a dark lesion 35 px right of the disc centre (110, 95)
     Image.fromarray(photo).save(path)
-    preprocess(src, dst, size=96, prepare="graham", progress=False)
+    preprocess_dataset(src, dst, size=96, prepare="graham", progress=False)
     out = np.asarray(Image.open(dst / path.relative_to(src))).astype(int)
     assert np.abs(out[48, 48] - 128).max() <= 2  # flat colour equals its local average
     assert (out[2, 2] == 128).all() and (out[48, 1] == 128).all()  # outside 90% of the radius: grey
@@ -101,8 +101,8 @@ def test_graham_subtracts_the_local_average_inside_the_disc(tmp_path):
 def test_output_keeps_the_layout_and_validates(tmp_path, make):
     src, dst = tmp_path / "src", tmp_path / "dst"
     make(src)
-    preprocess(src, dst, size=32, progress=False)
-    report = validate(dst)
+    preprocess_dataset(src, dst, size=32, progress=False)
+    report = validate_dataset(dst)
     assert report.ok, report.format()
     for split in ("train", "test"):
         before, after = read_split(src, split), read_split(dst, split)
@@ -144,9 +144,9 @@ def test_unreadable_source_images_are_listed_and_exit_one(tmp_path, capsys):
 def test_resuming_with_other_settings_is_refused(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_lab(src)
-    preprocess(src, dst, size=16, progress=False)
+    preprocess_dataset(src, dst, size=16, progress=False)
     with pytest.raises(RetinoError, match="preprocessed with"):
-        preprocess(src, dst, size=32, progress=False)
+        preprocess_dataset(src, dst, size=32, progress=False)
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "contains", "not-empty"])
@@ -158,5 +158,5 @@ def test_destination_must_be_outside_the_source(tmp_path, where):
         write_lines(dst / "notes.txt", ["mine"])
     before = snapshot(src)
     with pytest.raises(RetinoError, match="destination"):
-        preprocess(src, dst, size=16, progress=False)
+        preprocess_dataset(src, dst, size=16, progress=False)
     assert snapshot(src) == before

@@ -11,11 +11,11 @@ import sys
 import pytest
 from builders import make_kaggle, make_lab, write_lines
 
-from retino_utils.atomic import atomic_path
-from retino_utils.data import ImageCache, open_dataset, preprocess, read_split, validate
+from retino_utils.atomic import atomic_path, format_bytes
+from retino_utils.data import ImageCache, open_dataset, preprocess_dataset, read_split, validate_dataset
 from retino_utils.data.__main__ import main as data_main
 from retino_utils.data.layouts import check_disjoint, patient_of
-from retino_utils.errors import DiskFullError, RetinoError, format_bytes
+from retino_utils.errors import DiskFullError, RetinoError
 from retino_utils.paths import REPO_ROOT
 
 
@@ -33,7 +33,7 @@ def test_blank_lines_in_different_places_are_errors_not_a_label_shift(tmp_path):
     with pytest.raises(RetinoError, match=r"train_img.csv line 3: blank name") as info:
         read_split(tmp_path, "train")
     assert "\n" not in str(info.value)
-    report = validate(tmp_path, progress=False)
+    report = validate_dataset(tmp_path, progress=False)
     assert not report.ok
     problems = dict(report.problems)
     assert problems["train_img.csv line 3"] == "blank name for label '2' (train_label.csv line 3)"
@@ -57,7 +57,7 @@ def test_a_label_replaced_by_a_blank_is_reported_with_its_line(tmp_path, line):
     name = rows["train"][line - 1][0]
     with pytest.raises(RetinoError, match=rf"blank label for '{name}'") as info:
         read_split(tmp_path, "train")
-    problems = dict(validate(tmp_path, progress=False).problems)
+    problems = dict(validate_dataset(tmp_path, progress=False).problems)
     assert problems[f"train_label.csv line {line}"] == f"blank label for {name!r} (train_img.csv line {line})"
     assert "\n" not in str(info.value)
 
@@ -120,7 +120,7 @@ def test_names_resolve_as_spelled_on_disk(tmp_path):
     assert [path.name for path in index.paths[:4]] == [
         f"{names[0]}.Jpeg", f"{names[1]}.JPG", f"{names[2]} .jpeg", f"{names[3]}.jpeg"]
     assert all(path.is_file() for path in index.paths)
-    assert validate(tmp_path, progress=False).ok
+    assert validate_dataset(tmp_path, progress=False).ok
     (tmp_path / f"{names[1]}.JPG").unlink()
     with pytest.raises(RetinoError, match=rf"image {tmp_path / names[1]}\.jpeg for entry '{names[1]}' is missing"):
         open_dataset(tmp_path, "train")
@@ -155,6 +155,7 @@ def test_hints_give_the_command_line_flag(tmp_path):
         open_dataset(tmp_path)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("header", ["Image,Level", "IMAGE,level"])
 def test_kaggle_header_in_any_case_validates_and_prints_only_the_result(tmp_path, header):
     rows = make_kaggle(tmp_path, n_patients=10)
@@ -205,18 +206,18 @@ def test_preprocess_on_a_full_disk_stops_in_one_line_and_writes_no_csv(tmp_path,
     assert not list(dst.glob("*.csv"))
     monkeypatch.undo()
     assert data_main(["preprocess", str(src), str(dst), "--size", "16", "--workers", "1"]) == 0
-    assert (dst / "train_img.csv").is_file() and validate(dst, progress=False).ok
+    assert (dst / "train_img.csv").is_file() and validate_dataset(dst, progress=False).ok
 
 
 def test_stale_temp_files_of_a_killed_preprocess_are_removed(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     make_lab(src, image_dir="images")
-    preprocess(src, dst, size=16, progress=False)
+    preprocess_dataset(src, dst, size=16, progress=False)
     stale = dst / "images" / ".100_left.jpeg.a1b2c3d4.tmp"
     stale.write_bytes(b"\0" * 1000)
     mine = dst / "images" / ".notes.tmp"  # not of our naming: left alone
     mine.write_text("keep")
-    preprocess(src, dst, size=16, progress=False)
+    preprocess_dataset(src, dst, size=16, progress=False)
     assert not stale.exists() and mine.exists()
 
 

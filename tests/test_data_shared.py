@@ -2,7 +2,7 @@
 
 import pytest
 
-from retino_utils.data import read_lab_pair, read_split, validate
+from retino_utils.data import read_lab_pair, read_split, validate_dataset
 
 GRADES_EYEPACS_DEV = [2275, 223, 463, 77, 60]  # from ../shared/data/README.md
 
@@ -13,13 +13,14 @@ def reports(shared_data, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RETINO_CACHE", str(tmp_path_factory.mktemp("retino-cache")))
         patch.setenv("TQDM_DISABLE", "1")
-        yield {layout: validate(shared_data / "eyepacs-dev", layout=layout) for layout in ("kaggle", "lab")}
+        yield {layout: validate_dataset(shared_data / "eyepacs-dev", layout=layout) for layout in ("kaggle", "lab")}
 
 
 def line_count(path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
+@pytest.mark.heavy
 def test_eyepacs_dev_kaggle_layout(shared_data, reports):
     root = shared_data / "eyepacs-dev"
     train, test = read_split(root, "train", layout="kaggle"), read_split(root, "test", layout="kaggle")

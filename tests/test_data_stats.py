@@ -1,6 +1,5 @@
 """Channel stats against a float64 numpy reference; the cache and where it lives."""
 
-import importlib
 import stat
 
 import numpy as np
@@ -9,12 +8,12 @@ import torch
 from builders import make_lab, write_image, write_lines
 from PIL import Image
 
+import retino_utils.data.stats as stats_module
 from retino_utils.data import ChannelStats, channel_stats, dataset_cache_dir, normalization, read_split
 from retino_utils.data.__main__ import main
 from retino_utils.data.images import load_resized
 from retino_utils.errors import RetinoError
 
-stats_module = importlib.import_module("retino_utils.data.stats")
 
 
 def reference(paths, image_size=None):

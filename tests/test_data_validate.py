@@ -1,6 +1,5 @@
 """Validation: every failure named with its reason and a non-zero exit; skip_bad; the cached result."""
 
-import importlib
 import subprocess
 import sys
 import warnings
@@ -10,12 +9,12 @@ import pytest
 from builders import make_kaggle, make_lab, write_lines
 from PIL import Image
 
-from retino_utils.data import FundusDataset, open_dataset, validate
+import retino_utils.data.validate as validate_module
+from retino_utils.data import FundusDataset, open_dataset, validate_dataset
 from retino_utils.data.__main__ import main
 from retino_utils.errors import RetinoError, run_cli
 from retino_utils.paths import REPO_ROOT
 
-validate_module = importlib.import_module("retino_utils.data.validate")
 
 
 def truncate(path, keep=0.5):
@@ -33,7 +32,7 @@ def test_clean_folder_exits_zero_with_counts(tmp_path, capsys):
     status, out = run_validate(capsys, tmp_path)
     assert status == 0
     assert "OK: no problems found" in out
-    report = validate(tmp_path)
+    report = validate_dataset(tmp_path)
     assert report.ok and report.problems == []
     for split, entries in rows.items():
         expected = np.bincount([g for _, g in entries], minlength=5).tolist()
@@ -91,6 +90,7 @@ def test_each_failure_is_named_and_exits_one(tmp_path, capsys, damage, expected)
     assert "problem" in out
 
 
+@pytest.mark.heavy
 def test_truncated_jpeg_and_label_seven_are_both_reported_by_the_cli(tmp_path):
     make_lab(tmp_path, n_train=8)
     truncate(tmp_path / "103_left.jpeg")
@@ -133,15 +133,15 @@ def test_unusual_modes_validate_clean(tmp_path):
     Image.fromarray(four_channels, mode="CMYK").save(tmp_path / "101_left.jpeg", format="JPEG")
     Image.fromarray(four_channels, mode="RGBA").save(tmp_path / "102_left.jpeg", format="PNG")
     Image.fromarray(rng.integers(0, 65536, (12, 12), dtype=np.uint16)).save(tmp_path / "103_left.jpeg", format="PNG")
-    assert validate(tmp_path).ok
+    assert validate_dataset(tmp_path).ok
 
 
 def test_pool_and_in_process_checks_agree(tmp_path):
     make_kaggle(tmp_path, n_patients=30, size=(8, 8))
     for name in ("11_left", "12_right", "25_left", "30_right"):
         truncate(tmp_path / "train" / f"{name}.jpeg", keep=0.3)
-    pooled = validate(tmp_path, workers=2)
-    alone = validate(tmp_path, workers=1)
+    pooled = validate_dataset(tmp_path, workers=2)
+    alone = validate_dataset(tmp_path, workers=1)
     assert set().union(*pooled.bad_names.values()) == {"11_left", "12_right", "25_left", "30_right"}
     assert pooled.bad_names == alone.bad_names
     assert sorted(pooled.problems) == sorted(alone.problems)
@@ -149,17 +149,17 @@ def test_pool_and_in_process_checks_agree(tmp_path):
 
 def test_image_checks_are_cached_by_fingerprint(tmp_path, monkeypatch):
     make_lab(tmp_path)
-    first = validate(tmp_path)
+    first = validate_dataset(tmp_path)
 
     def must_not_decode(path):
         raise AssertionError(f"decoded {path} again")
 
     monkeypatch.setattr(validate_module, "decode_problem", must_not_decode)
-    assert validate(tmp_path).problems == first.problems
+    assert validate_dataset(tmp_path).problems == first.problems
     assert (tmp_path / ".retino-cache").is_dir()
     truncate(tmp_path / "100_left.jpeg")  # a new size: a new fingerprint, so a fresh check
     monkeypatch.undo()
-    assert validate(tmp_path).bad_names["train"] == {"100_left"}
+    assert validate_dataset(tmp_path).bad_names["train"] == {"100_left"}
     assert len(list((tmp_path / ".retino-cache").glob("validate-lab-train-*.json"))) == 1
 
 

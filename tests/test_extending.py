@@ -62,7 +62,7 @@ def test_an_architecture_added_in_one_place_trains_and_is_named(tmp_path, tiny_d
         reference = torchvision.models.resnet34(num_classes=5).state_dict()
         assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in reference.items()}, impl
     label = run([sys.executable, "-c", "from retino_utils.evaluation import results; import sys; "
-                 f"print(results.load_runs({{'r': sys.argv[1]}})[0]['r'].label)", str(out)], env, cwd=tmp_path)
+                 "print(results.load_runs({'r': sys.argv[1]})[0]['r'].label)", str(out)], env, cwd=tmp_path)
     assert label.stdout.strip() == "ResNet-34, scratch", label.stderr[-2000:]
     refused = run([*train, "--data", str(tiny_dataset), "--out", str(tmp_path / "pretrained"), "--arch", "resnet34",
                    "--weights", "imagenet", "--epochs", "1"], env, cwd=tmp_path)
@@ -104,7 +104,7 @@ EXTRA_NOTEBOOK_CODE = """
 from retino_utils.evaluation import results
 
 runs, missing = results.load_runs(run_dirs)
-print("accuracy by run:", {name: round(run.metrics["accuracy"], 3) for name, run in runs.items()}, "missing:", missing)
+print("accuracy by run:", {name: round(run.metrics.accuracy, 3) for name, run in runs.items()}, "missing:", missing)
 """
 
 

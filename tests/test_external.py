@@ -60,15 +60,15 @@ def test_every_photo_is_graded_as_predict_preprocess_grades_it_and_scored_with_t
     external = figures_by_sklearn(table)
     internal = figures_by_sklearn(pd.read_csv(trained / "predictions.csv"))
     for figure in ("accuracy", "qwk", "referable_auc"):
-        assert result.metrics[figure] == pytest.approx(external[figure], abs=1e-9), figure
+        assert result.metrics.figure(figure) == pytest.approx(external[figure], abs=1e-9), figure
         assert result.drop[figure]["difference"] == pytest.approx(external[figure] - internal[figure], abs=1e-9)
     # the referral threshold is the one chosen on the run's validation split, not on these photos
-    point = result.run.metrics["screening"]["operating_points"]["target"]
+    point = result.run.metrics.screening.point("target")
     refer, referable = table["referable_score"] >= point["threshold"], table["true_grade"] >= 2
-    assert result.metrics["screening"]["operating_points"]["target"]["sensitivity"] == pytest.approx(
+    assert result.metrics.screening.point("target")["sensitivity"] == pytest.approx(
         refer[referable].mean())
-    calibrator = result.run.metrics["screening"]["calibration"]["calibrator"]
-    assert result.metrics["screening"]["calibration"]["calibrator"] == calibrator
+    calibrator = result.run.metrics.screening.calibration["calibrator"]
+    assert result.metrics.screening.calibration["calibrator"] == calibrator
 
 
 def test_an_unpaired_interval_is_as_wide_as_both_samples_spread_together():
@@ -171,7 +171,7 @@ def test_a_kept_result_is_quoted_by_the_model_card_until_the_run_or_the_set_chan
     card = (run_dir / "model_card.md").read_text()
     accuracy = figures_by_sklearn(result.table)["accuracy"]
     assert f"| second | 24 | {accuracy:.1%} [" in card and "Not shown" not in card
-    calibration = result.run.metrics["screening"]["calibration"]["calibrated"]
+    calibration = result.run.metrics.screening.calibration["calibrated"]
     assert f"expected calibration error is {calibration['ece']:.3f} [" in card
     labels = photos / "trainLabels.csv"  # a grade edited since: the kept result no longer describes this set
     rows = labels.read_text().splitlines()

@@ -161,6 +161,7 @@ def test_a_second_training_into_a_busy_run_folder_is_refused_and_a_killed_ones_l
 
 
 # -- 3: train --resume refuses a run whose data changed ---------------------------------------------------
+@pytest.mark.heavy
 def test_resume_on_changed_labels_is_refused(tiny_dataset, tmp_path):
     import shutil
 
@@ -177,6 +178,7 @@ def test_resume_on_changed_labels_is_refused(tiny_dataset, tmp_path):
 
 
 # -- 6: paths are stored absolute -------------------------------------------------------------------------
+@pytest.mark.heavy
 def test_a_run_started_with_relative_paths_resumes_and_predicts_from_elsewhere(tiny_dataset, tmp_path):
     import shutil
 

@@ -93,3 +93,15 @@ def test_the_import_reader_sees_absolute_module_and_lazy_imports():
     assert {"models/losses/__init__.py", "models/losses/focal.py", "errors.py"} <= package_imports(
         PACKAGE_DIR / "models" / "losses" / "build.py")
     assert "evaluation/screening.py" in package_imports(PACKAGE_DIR / "train" / "trainer.py")  # from X import module
+
+
+def test_no_package_hides_a_module_behind_a_name():
+    """``retino_utils.data.validate`` is the module, not a function of the same name exported over it."""
+    import importlib
+    import types
+
+    for init in sorted(PACKAGE_DIR.rglob("__init__.py")):
+        package = importlib.import_module(".".join(init.parent.relative_to(PACKAGE_DIR.parent).parts))
+        for module in (path for path in init.parent.glob("*.py") if not path.stem.startswith("__")):
+            exported = getattr(package, module.stem, None)
+            assert exported is None or isinstance(exported, types.ModuleType), f"{package.__name__}.{module.stem}"

@@ -82,6 +82,7 @@ def would_install(report):
     return {item["metadata"]["name"]: item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
 
 
+@pytest.mark.heavy
 def test_dry_run_resolution_keeps_the_hosts_torch(host):
     """Resolved by pip against the package index: the script keeps the host's pair, which plain
     ``pip install -r requirements.txt`` in the same environment would replace by the pins."""

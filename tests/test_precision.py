@@ -49,6 +49,7 @@ def config(data, out, **overrides) -> TrainConfig:
     return TrainConfig(**{**values, **overrides})
 
 
+@pytest.mark.heavy
 def test_fp16_with_a_scaler_trains_and_resumes_bit_identically(tiny_dataset, tmp_path, monkeypatch):
     # A scale far too high overflows at once, so it backs off during training: a resume that forgot the
     # scaler's state would start from the wrong scale and differ.
@@ -68,8 +69,8 @@ def test_fp16_with_a_scaler_trains_and_resumes_bit_identically(tiny_dataset, tmp
     pd.testing.assert_frame_equal(whole.drop(columns=timing), split.drop(columns=timing))
     assert whole["train_loss"].notna().all() and (whole["train_loss"] < 1e3).all()
     a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("whole", "split"))
-    assert a["scaler"]["scale"] == b["scaler"]["scale"] < 2.0**40  # it moved, and was carried over
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a.scaler["scale"] == b.scaler["scale"] < 2.0**40  # it moved, and was carried over
+    assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
     import json
 
     assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["arithmetic"] == "fp16"

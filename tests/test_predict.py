@@ -16,7 +16,7 @@ from PIL import Image
 
 from retino_utils.data import read_split
 from retino_utils.data.images import load_rgb, square_resize
-from retino_utils.data.preprocess import preprocess
+from retino_utils.data.preprocess import preprocess_dataset
 from retino_utils.predict.predictor import Predictor, preparation_note
 from retino_utils.synthetic import generate_dataset, mask_path, render_fundus
 from retino_utils.train.checkpoint import load_checkpoint, save_checkpoint
@@ -29,7 +29,7 @@ def run_trained_on(trained, data, folder):
     config = yaml.safe_load((folder / "config.yaml").read_text())
     (folder / "config.yaml").write_text(yaml.safe_dump({**config, "data": str(data)}))
     state = load_checkpoint(folder / "best.pt")
-    state["config"]["data"] = str(data)
+    state.config["data"] = str(data)
     save_checkpoint(state, folder / "best.pt")
     return folder
 
@@ -117,6 +117,7 @@ def test_a_folder_or_a_list_with_unreadable_photos(trained, tiny_dataset, tmp_pa
     assert pd.read_csv(tmp_path / "listed.csv")["pred_grade"].tolist() == table["pred_grade"].tolist()
 
 
+@pytest.mark.heavy
 def test_a_folder_that_is_no_run_is_one_line(tmp_path):
     result = predict_cli(tmp_path, tmp_path, "--out", tmp_path / "g.csv")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no finished run" in result.stderr
@@ -143,7 +144,7 @@ def test_lesion_masks_are_written_and_leave_the_photos_unchanged(tmp_path):
 def test_photos_prepared_unlike_the_runs_training_photos_are_noted(trained, tiny_dataset, tmp_path):
     """Photos prepared unlike the run's training photos get a note on stderr (the grades still come)."""
     normalised = tmp_path / "graham"
-    preprocess(tiny_dataset, normalised, 32, prepare="graham", progress=False)
+    preprocess_dataset(tiny_dataset, normalised, 32, prepare="graham", progress=False)
     camera, copies = read_split(tiny_dataset, "test").paths, read_split(normalised, "test").paths
     assert note(trained, camera, None) is None and note(trained, camera, "crop") is None
     assert "--prepare graham shows it photos unlike" in note(trained, camera, "graham")
@@ -170,7 +171,7 @@ def test_preprocess_prepares_photos_at_the_side_of_the_runs_training_copy(traine
         Image.open(jpeg).save(jpeg.with_suffix(".png"))
         jpeg.unlink()
     copy = tmp_path / "copy48"
-    preprocess(photos, copy, 48, prepare="retina", progress=False)
+    preprocess_dataset(photos, copy, 48, prepare="retina", progress=False)
     predictor = Predictor.from_run(run_trained_on(trained, copy, tmp_path / "copy_run"))
     assert predictor.preprocess_size == 48 and Predictor.from_run(trained).preprocess_size == 512
     predictor = dataclasses.replace(predictor, image_size=48)  # as a run at the copy's side: every pixel compared

@@ -46,6 +46,7 @@ def photos(tiny_dataset):
 
 
 # -- 4: a dataset is split as the run split it ---------------------------------------------------------------
+@pytest.mark.heavy
 def test_predict_scores_the_runs_own_test_split(tmp_path):
     data = tmp_path / "kaggle"
     make_kaggle(data, n_patients=20, size=(32, 32))

@@ -15,7 +15,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from retino_utils.data import SPLITS, read_split
-from retino_utils.data.preprocess import preprocess
+from retino_utils.data.preprocess import preprocess_dataset
 from retino_utils.predict.predictor import Predictor
 from retino_utils.train.cli import fit
 from retino_utils.train.config import TrainConfig
@@ -31,7 +31,7 @@ def test_a_few_minutes_on_eyepacs_grade_another_cameras_photos_once_prepared(sha
     if not external.is_dir():
         pytest.skip(f"no external set at {external}")
     copy = tmp_path / "retina"
-    assert not preprocess(shared_data / "eyepacs-dev", copy, SIZE, prepare="retina", progress=False).failed
+    assert not preprocess_dataset(shared_data / "eyepacs-dev", copy, SIZE, prepare="retina", progress=False).failed
     config = TrainConfig.with_recipe("best-cpu", data=str(copy), out=str(tmp_path / "run"), image_size=SIZE,
                                      epochs=EPOCHS, bootstrap=0, progress=False)
     fit(config)

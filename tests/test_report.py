@@ -141,11 +141,28 @@ def test_plan_fills_groups_and_waits_for_their_runs(tmp_path):
     assert imbalance.parameters["run_dirs"] == {name: str(tmp_path / "out" / "runs" / name) for name in group}
     assert set(imbalance.depends) == {f"train/{name}" for name in group + ["resnet18_scratch", "resnet50_scratch"]}
     assert steps["data"].depends == []
-    train = steps["train/resnet50_imagenet"]
-    assert train.parameters["settings"] == {"image_size": 80, "epochs": 3, "batch_size": 32, "arch": "resnet50",
-                                            "weights": "imagenet", "fe_epochs": 1, "device": "cpu"}
 
 
+def test_a_runs_settings_merge_in_the_declared_order(tmp_path):
+    """The profile's train, then the run's own, then the profile's overrides (patterns, then names as listed)."""
+    pipeline = load_pipeline()
+    pipeline["runs"]["resnet50_imagenet"].update(lr=0.02, momentum=0.8)
+    pipeline["profiles"]["demo"].update(
+        train={"image_size": 40, "epochs": 4, "lr": 0.01, "momentum": 0.7, "weight_decay": 0.001},
+        runs={"resnet50_*": {"epochs": 2, "lr": 0.03}, "resnet50_imagenet": {"fe_epochs": 1}})
+    ctx = ReportContext("demo", tmp_path / "data", tmp_path / "out", tmp_path / "fig", "cpu")
+    steps = {step.name: step for step in plan(pipeline, "demo", ctx)}
+    assert steps["train/resnet50_imagenet"].parameters["settings"] == {
+        "image_size": 40, "weight_decay": 0.001,  # the profile's, untouched
+        "momentum": 0.8,  # the run's own over the profile's train
+        "epochs": 2, "lr": 0.03,  # the override over both
+        "fe_epochs": 1, "arch": "resnet50", "weights": "imagenet", "device": "cpu"}
+    assert steps["train/resnet18_scratch"].parameters["settings"] == {
+        "image_size": 40, "epochs": 4, "lr": 0.01, "momentum": 0.7, "weight_decay": 0.001, "arch": "resnet18",
+        "device": "cpu"}
+
+
+@pytest.mark.heavy
 def test_missing_data_folder_is_a_one_line_error(tmp_path):
     result = run_report("--profile", "full", "--data", tmp_path / "nowhere", "--out", tmp_path / "out")
     assert result.returncode == 2
@@ -163,6 +180,15 @@ def test_relative_folders_reach_the_notebooks_as_absolute_paths(tmp_path, monkey
     assert ctx.source_dir == tmp_path.resolve() / "data" and ctx.out == tmp_path.resolve() / "out"
     assert ctx.data_dir == ctx.out / "prepared" / "retina-256px"  # the cpu profile trains on a prepared copy
     assert ctx.figures.is_absolute()
+
+
+def test_two_steps_that_would_write_the_same_files_are_refused(tmp_path):
+    pipeline = load_pipeline()
+    pipeline["notebooks"].append({**pipeline["notebooks"][-1], "step": "train_resnet18_scratch"})
+    ctx = ReportContext("demo", tmp_path / "data", tmp_path / "out", tmp_path / "fig", "cpu")
+    with pytest.raises(RetinoError, match=r"two steps would write the same files \(train_resnet18_scratch\.\*\)"):
+        plan(pipeline, "demo", ctx)
+    assert len({step.file_stem for step in plan(load_pipeline(), "demo", ctx)}) == len(plan(load_pipeline(), "demo", ctx))
 
 
 def test_only_matching_nothing_is_an_error(tmp_path):
@@ -315,7 +341,8 @@ def test_papermill_cli_runs_the_training_notebook(smoke_report, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["config"]["arch"] == "resnet50"
-    assert (tmp_path / "fig" / "train_resnet18_scratch.png").is_file()
+    # Its figures are named after the run folder it was given, not after the notebook's demo run.
+    assert [path.name for path in (tmp_path / "fig").iterdir()] == ["train_run.png"]
 
 
 @pytest.mark.slow

@@ -10,17 +10,20 @@ from sklearn.metrics import recall_score
 from retino_utils import data
 from retino_utils.evaluation import results
 from retino_utils.evaluation.metrics import compute_metrics
+from retino_utils.evaluation.record import RunRecord
 from retino_utils.synthetic import generate_dataset
 
 
-def make_run(folder, y_true, y_pred, train_counts, **config):
+def make_run(folder, y_true, y_pred, train_counts, train_acc=(0.5, 0.6), **config):
+    """A finished run's folder whose record grades ``y_pred`` against ``y_true`` (sklearn's figures)."""
     folder.mkdir(parents=True)
-    metrics = compute_metrics(np.asarray(y_true), np.asarray(y_pred))
-    metrics.update(best_epoch=2, train_counts=list(train_counts), eval_counts=np.bincount(y_true, minlength=5).tolist(),
-                   config={"arch": "resnet18", "weights": None, "loss": "ce", "sampler": "none", **config})
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    pd.DataFrame({"epoch": [1, 2], "phase": ["ft", "ft"], "train_acc": [0.5, 0.6], "test_acc": [0.4, 0.7]}).to_csv(
-        folder / "history.csv", index=False)
+    record = RunRecord(**compute_metrics(np.asarray(y_true), np.asarray(y_pred)), best_epoch=2,
+                       train_counts=list(train_counts), eval_counts=np.bincount(y_true, minlength=5).tolist(),
+                       normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
+                       config={"arch": "resnet18", "weights": None, "loss": "ce", "sampler": "none", **config})
+    (folder / "metrics.json").write_text(json.dumps(record.to_dict()))
+    pd.DataFrame({"epoch": range(1, len(train_acc) + 1), "phase": "ft", "train_acc": train_acc,
+                  "test_acc": 0.5}).to_csv(folder / "history.csv", index=False)
     return folder
 
 
@@ -30,7 +33,8 @@ def runs(tmp_path):
     y_true = rng.choice(5, 200, p=[0.7, 0.1, 0.1, 0.05, 0.05])
     noisy = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, 5, 200))
     folders = {
-        "collapsed": make_run(tmp_path / "collapsed", y_true, np.zeros(200, int), [70, 10, 10, 5, 5]),
+        "collapsed": make_run(tmp_path / "collapsed", y_true, np.zeros(200, int), [70, 10, 10, 5, 5],
+                              train_acc=rng.random(4).tolist()),
         "learned": make_run(tmp_path / "learned", y_true, noisy, [70, 10, 10, 5, 5], loss="wce"),
     }
     found, missing = results.load_runs({**folders, "absent": tmp_path / "absent"})
@@ -45,7 +49,8 @@ def test_tables_agree_with_sklearn(runs):
     assert np.allclose(recall.loc["learned"].to_numpy(dtype=float), expected)
     summary = results.summary_table(found)
     assert summary.loc["learned", "accuracy"] == pytest.approx(np.mean(y_true == noisy))
-    assert summary.loc["collapsed", "best train acc"] == 0.6
+    history = found["collapsed"].history.train_acc.tolist()
+    assert summary.loc["collapsed", "best train acc"] == max(history) and len(set(history)) == 4
     shares = results.prediction_shares(found)
     assert shares.loc["collapsed"].tolist() == ["100.0%", "0.0%", "0.0%", "0.0%", "0.0%"]
     true_shares = np.bincount(y_true, minlength=5) / len(y_true)
@@ -53,10 +58,12 @@ def test_tables_agree_with_sklearn(runs):
 
 
 def test_majority_baseline_grade0_share_and_pairs(runs, tmp_path):
-    found, y_true, _ = runs
+    found, y_true, noisy = runs
     assert results.majority_baseline(found["collapsed"]) == pytest.approx(np.mean(y_true == 0))
+    mild_majority = results.load_run(make_run(tmp_path / "mild", y_true, noisy, [10, 70, 10, 5, 5]))
+    assert results.majority_baseline(mild_majority) == pytest.approx(np.mean(y_true == 1))  # the training majority
     assert results.grade0_share(found["collapsed"]) == 1.0
-    assert results.grade0_share(found["learned"]) == pytest.approx(np.mean(found["learned"].counts[:, 0].sum() / 200))
+    assert results.grade0_share(found["learned"]) == pytest.approx(np.mean(noisy == 0))
     panels = results.confusion_panels(found, ["collapsed", "absent"])
     assert list(panels.values())[1] is None
     assert np.array_equal(list(panels.values())[0][:, 0], np.bincount(y_true, minlength=5))

@@ -66,6 +66,7 @@ def test_lab_layout_has_headerless_csvs_and_rgb_jpegs_of_the_requested_size(smal
             assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (64, 64))
 
 
+@pytest.mark.heavy
 def test_label_csvs_follow_the_given_shares(tmp_path):
     shares = (50, 20, 15, 10, 5)
     out = generate_dataset(tmp_path / "ds", 300, 100, size=32, seed=1, shares=shares, workers=1, progress=False)

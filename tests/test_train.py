@@ -1,5 +1,6 @@
 """The training engine end to end on a tiny dataset: outputs, resume, bad input, frozen phases."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ import torchvision
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from retino_utils.errors import RetinoError
+from retino_utils.evaluation.record import RECORD_VERSION
+from retino_utils.train.checkpoint import CHECKPOINT_VERSION, Checkpoint
 from retino_utils.train.cli import config_from_args, fit
 from retino_utils.train.config import RECIPES, TrainConfig
 from retino_utils.train.run_folder import HISTORY_COLUMNS
@@ -35,6 +38,7 @@ def small_config(data, out, **overrides):
     return TrainConfig(**values)
 
 
+@pytest.mark.heavy
 def test_cli_writes_every_run_file(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     result = cli("--data", tiny_dataset, "--arch", "resnet18", "--weights", "none", "--epochs", 2,
@@ -59,8 +63,9 @@ def test_cli_writes_every_run_file(tiny_dataset, tmp_path):
     assert metrics["accuracy"] == pytest.approx(history.test_acc[best_epoch - 1])
     # the checkpoint is one dict readable with weights_only
     state = torch.load(out / "last.pt", weights_only=True)
-    assert {"model", "optimizer", "scheduler", "epoch", "config", "history", "rng"} <= set(state)
-    assert state["epoch"] == 2
+    assert set(state) == {field.name for field in dataclasses.fields(Checkpoint)}  # every key declared
+    assert state["epoch"] == 2 and state["schema_version"] == CHECKPOINT_VERSION
+    assert metrics["schema_version"] == RECORD_VERSION
 
 
 def test_imagenet_without_cached_file_fails_before_training(tiny_dataset, tmp_path):
@@ -78,6 +83,7 @@ def test_imagenet_without_cached_file_fails_before_training(tiny_dataset, tmp_pa
     (["--loss", "hinge"], "hinge"),
     (["--device", "tpu"], "tpu"),
 ])
+@pytest.mark.heavy
 def test_unknown_choices_are_one_line_errors(tiny_dataset, tmp_path, args, needle):
     result = cli("--data", tiny_dataset, "--out", tmp_path / "run", *args)
     assert result.returncode == 2
@@ -149,6 +155,7 @@ def _strip_timing(frame):
 @pytest.mark.parametrize("levers", [[], ["--sizes", "24:1", "--ema", "0.9", "--sampler", "weighted_to_natural",
                                      "--optimizer", "adamw", "--scale", "0.1", "--color", "0.2"]],
                          ids=["plain", "cpu-levers"])
+@pytest.mark.heavy
 def test_killed_run_resumes_to_the_same_history(tiny_dataset, tmp_path, levers):
     """Killed after epoch 1 (with the CPU levers: at the small size, the moving average half-built)."""
     args = ["--data", tiny_dataset, "--epochs", 3, "--image-size", 32, "--batch-size", 8, "--device", "cpu",
@@ -179,6 +186,7 @@ def test_killed_run_resumes_to_the_same_history(tiny_dataset, tmp_path, levers):
     pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), pd.read_csv(reference / "predictions.csv"))
 
 
+@pytest.mark.heavy
 def test_both_loaders_train_the_same_run(tiny_dataset, tmp_path):
     """The per-image decoding path shares the cache path's sampling and augmentation: same history."""
     settings = dict(epochs=2, rotation=20.0, sampler="weighted", deterministic=True)
@@ -236,3 +244,51 @@ def test_torchrun_two_processes(tiny_dataset, tmp_path):
     assert sorted(predictions.name) == sorted(test_names)  # the whole test set, each image once
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(accuracy_score(predictions.true_grade, predictions.pred_grade))
+    # One process grading the kept checkpoint reproduces what the two gathered, photo for photo and figure for figure.
+    single = subprocess.run([sys.executable, "-m", "retino_utils.predict", str(out), str(tiny_dataset), "--out",
+                             str(tmp_path / "single.csv")], capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    alone = pd.read_csv(tmp_path / "single.csv")
+    for column in ("name", "true_grade", "pred_grade"):
+        assert alone[column].tolist() == predictions[column].tolist(), column
+    np.testing.assert_allclose(alone["referable_score"], predictions["referable_score"], atol=2e-6)
+    scored = json.loads((tmp_path / "single.metrics.json").read_text())
+    for figure in ("accuracy", "qwk", "referable_auc"):
+        assert scored[figure] == pytest.approx(metrics[figure]), figure
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_process_on_the_same_batches(tiny_dataset, tmp_path):
+    """Two processes with batch 8 each see, step by step, the 16 photos one process with batch 16 sees (the ranks
+    take every other photo of one seeded order) and average their gradients: the same training. Only the head
+    trains (a feature-extraction run: frozen batch norms, whose per-process statistics would differ), in fp32."""
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), tmp_path / "backbone.pth")
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["-m", "retino_utils.train", "--data", str(tiny_dataset), "--weights", str(tmp_path / "backbone.pth"),
+              "--fe-epochs", "2", "--epochs", "2", "--lr", "0.005", "--image-size", "32", "--precision", "fp32",
+              "--device", "cpu", "--bootstrap", "0"]
+    runs = {"one": [sys.executable, *common, "--batch-size", "16", "--out", str(tmp_path / "one")],
+            "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *common,
+                    "--batch-size", "8", "--out", str(tmp_path / "two")]}
+    for name, command in runs.items():
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, (name, result.stderr[-3000:])
+    one, two = (pd.read_csv(tmp_path / name / "history.csv") for name in runs)
+    assert abs(one["train_loss"].iloc[1] - one["train_loss"].iloc[0]) > 1e-2  # the head moved: there is a path to match
+    np.testing.assert_allclose(two["train_loss"], one["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(two[["val_loss", "test_loss"]], one[["val_loss", "test_loss"]], rtol=1e-4)
+    a, b = (pd.read_csv(tmp_path / name / "predictions.csv") for name in runs)
+    assert a[["name", "true_grade"]].equals(b[["name", "true_grade"]])
+    np.testing.assert_allclose(b[[f"p{g}" for g in range(5)]], a[[f"p{g}" for g in range(5)]], atol=1e-4)
+
+
+def test_every_setting_explains_itself_in_the_help():
+    """``train --help`` has a line of text for every TrainConfig field, read from its declaration."""
+    result = cli("--help")
+    assert result.returncode == 0
+    flat = "".join(result.stdout.split())  # argparse wraps lines, at hyphens too
+    for field in dataclasses.fields(TrainConfig):
+        text = field.metadata.get("help")
+        assert text, f"{field.name} has no help text"
+        assert "".join(text.replace("%%", "%").split()) in flat, field.name

@@ -49,6 +49,7 @@ def test_training_refuses_a_repeated_photo(data, tmp_path, skip_bad):
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+@pytest.mark.heavy
 def test_training_refuses_a_photo_in_both_splits_even_with_skip_bad(data, tmp_path):
     train_names = (data / "train_img.csv").read_text().split()
     test_names = (data / "test_img.csv").read_text().split()
@@ -62,6 +63,7 @@ def test_training_refuses_a_photo_in_both_splits_even_with_skip_bad(data, tmp_pa
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+@pytest.mark.heavy
 def test_disk_full_while_saving_a_checkpoint_keeps_the_last_one(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     real_write_bytes = Path.write_bytes
@@ -89,6 +91,7 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_last_one(data, tmp_path, 
     assert history["epoch"].tolist() == [1, 2, 3]
 
 
+@pytest.mark.heavy
 def test_history_is_rebuilt_from_the_checkpoint_after_a_crash(data, tmp_path):
     """A crash after last.pt of the final epoch and before history.csv: the resumed run still has every row."""
     out = tmp_path / "run"
@@ -102,6 +105,7 @@ def test_history_is_rebuilt_from_the_checkpoint_after_a_crash(data, tmp_path):
     assert (out / "metrics.json").is_file()
 
 
+@pytest.mark.heavy
 def test_stale_checkpoint_temp_files_are_removed_on_the_next_run(data, tmp_path):
     out = tmp_path / "run"
     fit(small_config(data, out, epochs=1))
@@ -111,6 +115,7 @@ def test_stale_checkpoint_temp_files_are_removed_on_the_next_run(data, tmp_path)
     assert not stale.exists()
 
 
+@pytest.mark.heavy
 def test_resume_accepts_another_spelling_of_the_same_data_folder(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     fit(small_config(data, out, epochs=1))
@@ -119,6 +124,7 @@ def test_resume_accepts_another_spelling_of_the_same_data_folder(data, tmp_path,
         assert len(fit(small_config(spelling, out, epochs=1, resume=True))) == 1
 
 
+@pytest.mark.heavy
 def test_damaged_last_checkpoint_says_what_is_kept(data, tmp_path):
     out = tmp_path / "run"
     fit(small_config(data, out, epochs=2, best_metric="last"))
@@ -136,6 +142,7 @@ def test_damaged_last_checkpoint_says_what_is_kept(data, tmp_path):
     assert "delete" not in str(info.value)
 
 
+@pytest.mark.heavy
 def test_another_config_is_refused_without_advice_to_delete(data, tmp_path):
     out = tmp_path / "run"
     fit(small_config(data, out, epochs=1))
@@ -161,6 +168,7 @@ def test_resume_command_adds_resume_once():
     assert resume_command(["--out", "r", "--resume"]).count("--resume") == 1
 
 
+@pytest.mark.heavy
 def test_ctrl_c_prints_the_command_that_continues_and_it_does(data, tmp_path):
     out = tmp_path / "run"
     # Enough epochs that the interrupt lands mid-run: three tiny ones once finished before it arrived.

@@ -38,6 +38,7 @@ def test_figures_agree_with_sklearn():
     assert got["referable_specificity"] == pytest.approx(skm.recall_score(~referable, y_pred < 2))
 
 
+@pytest.mark.heavy
 def test_accuracy_interval_matches_the_normal_approximation_on_a_large_sample():
     y_true, y_pred, _ = sample(4000, seed=1)
     low, high = intervals(y_true, y_pred, n_resamples=2000, seed=0)["accuracy"]

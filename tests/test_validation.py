@@ -32,6 +32,7 @@ def test_validation_split_is_carved_from_training_patients(tiny_dataset):
     assert test.names == read_split(tiny_dataset, "test").names
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("select_on, column", [("validation", "val_acc"), ("test", "test_acc")])
 def test_the_kept_epoch_is_chosen_on_the_named_split(tiny_dataset, tmp_path, select_on, column):
     out = tmp_path / select_on

@@ -1,9 +1,5 @@
 """The data layer: dataset layouts, decoding, validation, preprocessing, channel stats, and the
-decoded-image cache with its batch loader.
-
-``validate`` and ``preprocess`` here are the functions; their modules (same names) are reached
-with ``importlib.import_module("retino_utils.data.validate")``.
-"""
+decoded-image cache with its batch loader."""
 
 from retino_utils.data.batches import BatchLoader, DecodedImages
 from retino_utils.data.cache import ImageCache
@@ -20,7 +16,7 @@ from retino_utils.data.layouts import (
     read_lab_pair,
     read_split,
 )
-from retino_utils.data.preprocess import preprocess
+from retino_utils.data.preprocess import preprocess_dataset
 from retino_utils.data.stats import ChannelStats, channel_stats
 from retino_utils.data.summary import (
     grade_table,
@@ -44,7 +40,7 @@ from retino_utils.data.transforms import (
     normalize_batch,
     sample_choices,
 )
-from retino_utils.data.validate import ValidationReport, image_problems, validate
+from retino_utils.data.validate import ValidationReport, image_problems, validate_dataset
 
 __all__ = [
     "AugmentChoices",
@@ -79,12 +75,12 @@ __all__ = [
     "normalize_batch",
     "open_dataset",
     "preparation_comparison",
-    "preprocess",
+    "preprocess_dataset",
     "read_lab_pair",
     "read_split",
     "sample_choices",
     "samples_per_grade",
     "stats_table",
     "synthetic_record",
-    "validate",
+    "validate_dataset",
 ]

@@ -8,9 +8,9 @@ from typing import Sequence
 from retino_utils.data.cache import ImageCache
 from retino_utils.data.dataset import open_dataset
 from retino_utils.data.layouts import LAYOUTS, SPLITS, read_split
-from retino_utils.data.preprocess import PREPARATIONS, check_size, preprocess
+from retino_utils.data.preprocess import PREPARATIONS, check_size, preprocess_dataset
 from retino_utils.data.stats import channel_stats
-from retino_utils.data.validate import validate
+from retino_utils.data.validate import validate_dataset
 from retino_utils.errors import run_cli
 
 LAYOUT_CHOICES = ("auto", *LAYOUTS)
@@ -69,14 +69,14 @@ def _split_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    report = validate(args.root, workers=args.workers, **_split_kwargs(args))
+    report = validate_dataset(args.root, workers=args.workers, **_split_kwargs(args))
     print(report.format())
     return 0 if report.ok else 1
 
 
 def _preprocess(args: argparse.Namespace) -> int:
     check_size(args.size, "--size")
-    summary = preprocess(args.src, args.dst, args.size, args.prepare, workers=args.workers, layout=args.layout)
+    summary = preprocess_dataset(args.src, args.dst, args.size, args.prepare, workers=args.workers, layout=args.layout)
     print(f"wrote {summary.written} images to {args.dst} ({summary.skipped} already there)")
     if summary.failed:
         print(f"{len(summary.failed)} source images could not be read:")

@@ -17,12 +17,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from retino_utils.atomic import atomic_path
+from retino_utils.atomic import atomic_path, format_bytes
 from retino_utils.data.cachedir import bigger_disk_advice, dataset_cache_dir, derived_prefix, remove_stale
 from retino_utils.data.images import load_resized
 from retino_utils.data.layouts import SplitIndex
 from retino_utils.data.parallel import parallel_map
-from retino_utils.errors import DiskFullError, RetinoError, format_bytes
+from retino_utils.errors import DiskFullError, RetinoError
 
 CHECKPOINT_SECONDS = 5.0
 

@@ -267,7 +267,7 @@ def preprocess_image(src: Path, dst: Path, size: int, prepare: str) -> None:
             image.save(tmp, format="JPEG", quality=JPEG_QUALITY)
 
 
-def preprocess(
+def preprocess_dataset(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     size: int = 512,

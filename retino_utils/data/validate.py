@@ -65,7 +65,7 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def validate(
+def validate_dataset(
     root: str | os.PathLike,
     layout: str = "auto",
     test_fraction: float = 0.2,

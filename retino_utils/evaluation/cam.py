@@ -34,6 +34,13 @@ def target_scores(outputs: torch.Tensor, target: str) -> torch.Tensor:
     return torch.logsumexp(outputs[:, REFERABLE_GRADE:], 1) - torch.logsumexp(outputs, 1)
 
 
+def target_label(target: str, regression: bool) -> str:
+    """What a map of ``target`` explains, for titles: a regression head has one score, whichever the target."""
+    if regression:
+        return "the severity score (the regression output)"
+    return "the predicted grade" if target == "grade" else "the referable-DR score"
+
+
 def grad_cam(model: nn.Module, x: torch.Tensor, target: str = "grade") -> torch.Tensor:
     """(B, h, w) maps in [0, 1] (each scaled by its maximum) from ``layer4`` of a ResNet, in the model's
     precision (no autocast: gradients in bf16 would be too coarse for a map).

@@ -13,6 +13,7 @@ from pathlib import Path
 from retino_utils import GRADE_NAMES, GRADES
 from retino_utils.atomic import write_text
 from retino_utils.errors import RetinoError, run_cli
+from retino_utils.evaluation.record import RunRecord
 from retino_utils.evaluation.results import (
     RunResult,
     ece_text,
@@ -20,6 +21,8 @@ from retino_utils.evaluation.results import (
     grade0_share,
     kept_epoch,
     load_run,
+    point_figure,
+    recall_column,
     signed_interval,
     with_interval,
 )
@@ -49,7 +52,7 @@ def model_card(run: RunResult) -> str:
     ]) + "\n"
 
 
-def _details(config: dict, metrics: dict, run: RunResult) -> str:
+def _details(config: dict, metrics: RunRecord, run: RunResult) -> str:
     head = "a regression head cut into grades" if config.get("loss") in ("mse", "smooth_l1") else "5-way softmax"
     init = "ImageNet weights" if config.get("weights") == "imagenet" else config.get("weights") or "random init"
     sizes = f", progressive sizes {config['sizes']}" if config.get("sizes") else ""
@@ -60,59 +63,57 @@ def _details(config: dict, metrics: dict, run: RunResult) -> str:
         f"from {init}",
         f"- trained {len(run.history)} epochs at {config.get('image_size')} px{sizes}, batch "
         f"{config.get('batch_size')}, {config.get('optimizer')} lr {config.get('lr')}, loss {config.get('loss')}, "
-        f"sampler {config.get('sampler')} ({recipe}), arithmetic {metrics.get('arithmetic', 'fp32')}",
+        f"sampler {config.get('sampler')} ({recipe}), arithmetic {metrics.arithmetic or 'fp32'}",
         f"- kept epoch {kept_epoch(run)}",
         f"- every setting: `{run.path / 'config.yaml'}`",
     ])
 
 
-def _training_data(config: dict, metrics: dict) -> str:
+def _training_data(config: dict, metrics: RunRecord) -> str:
     from retino_utils.data.preprocess import preparation_of
 
     prepared = preparation_of(config.get("data", ""))
     rows = ["| grade | train | validation | test |", "|---|---:|---:|---:|"]
     for grade in GRADES:
         rows.append(f"| {grade} {GRADE_NAMES[grade]} | "
-                    + " | ".join(str(metrics.get(key, [0] * 5)[grade]) for key in ("train_counts", "val_counts",
-                                                                                      "eval_counts")) + " |")
+                    + " | ".join(str(counts[grade]) if counts else "0" for counts in (
+                        metrics.train_counts, metrics.val_counts, metrics.eval_counts)) + " |")
     return "\n".join([
         "## Training data\n",
         f"`{config.get('data')}` ({'prepared as ' + repr(prepared) + ' by `data preprocess`' if prepared else 'photos as they are'}; "
-        f"layout {config.get('layout')}, data fingerprint {metrics.get('data_fingerprint', 'not recorded')}). "
+        f"layout {config.get('layout')}, data fingerprint {metrics.data_fingerprint or 'not recorded'}). "
         f"The validation split ({config.get('val_fraction')} of the training patients) chose the checkpoint, the "
         f"cut points and the screening threshold; the test split was scored once.\n",
         *rows,
     ])
 
 
-def _evaluation(metrics: dict) -> str:
-    spans = metrics.get("intervals", {})
+def _evaluation(metrics: RunRecord) -> str:
     lines = ["## Evaluation: the test split (internal: the source the model was tuned on)\n",
-             f"{metrics['n']} photos; 95% bootstrap intervals over patients.\n",
+             f"{metrics.n} photos; 95% bootstrap intervals over patients.\n",
              "| figure | value |", "|---|---:|"]
-    lines += [f"| {label} | {with_interval(metrics.get(key), spans.get(key), spec)} |" for label, key, spec in FIGURES]
+    lines += [f"| {label} | {with_interval(metrics.figure(key), metrics.interval(key), spec)} |"
+              for label, key, spec in FIGURES]
     lines += ["", "| grade | recall |", "|---|---:|"]
-    lines += [f"| {grade} {GRADE_NAMES[grade]} | {with_interval(metrics['recall'][grade], spans.get(f'recall_{grade}'), '.2f')} |"
-              for grade in GRADES]
+    lines += [f"| {grade} {GRADE_NAMES[grade]} | {recall} |" for grade, recall in zip(GRADES, recall_column(metrics))]
     return "\n".join(lines)
 
 
-def _operating_points(metrics: dict) -> str:
-    points = (metrics.get("screening") or {}).get("operating_points") or {}
+def _operating_points(metrics: RunRecord) -> str:
+    points = metrics.screening.operating_points
     if not points:
         return "## Operating points\n\nNone recorded (the run has no validation split or no referable score)."
     lines = ["## Operating points (referable DR: grade 2 or worse)\n",
              "Thresholds chosen on the validation split, applied once to the test split.\n",
              "| point | threshold | sensitivity | specificity |", "|---|---:|---:|---:|"]
     lines += [f"| {point['label']} | {point['threshold']:.3f} | "
-              f"{with_interval(point['sensitivity'], point.get('sensitivity_interval'), '.1%')} | "
-              f"{with_interval(point['specificity'], point.get('specificity_interval'), '.1%')} |"
+              f"{point_figure(point, 'sensitivity')} | {point_figure(point, 'specificity')} |"
               for point in points.values()]
     return "\n".join(lines)
 
 
-def _calibration(metrics: dict) -> str:
-    calibration = (metrics.get("screening") or {}).get("calibration")
+def _calibration(metrics: RunRecord) -> str:
+    calibration = metrics.screening.calibration
     if not calibration:
         return "## Calibration\n\nNone fitted (a run trained before calibration, or without a validation split)."
     raw = calibration.get("raw")
@@ -127,9 +128,9 @@ def _external(run: RunResult) -> str:
     current = [entry for entry in kept if entry["current"]]
     lines = ["## External validation (other cameras and populations, never trained on)\n"]
     if not current:
-        lines.append(f"None recorded for this run: the figures above are internal only. The report's external "
-                     f"notebook (`report --external DIR`) grades every run on other sources and records the result "
-                     f"here.")
+        lines.append("None recorded for this run: the figures above are internal only. The report's external "
+                     "notebook (`report --external DIR`) grades every run on other sources and records the result "
+                     "here.")
     else:
         lines += ["Every photo of each set, prepared as `predict --preprocess` prepares camera photos; thresholds "
                   "and calibration are the ones chosen on internal validation. Change: external minus internal "
@@ -138,13 +139,12 @@ def _external(run: RunResult) -> str:
                   "specificity at the validation threshold | ECE |",
                   "|---|---:|---:|---:|---:|---:|---|---:|"]
         for entry in current:
-            m, spans = entry["metrics"], entry["metrics"].get("intervals", {})
-            point = m.get("screening", {}).get("operating_points", {}).get("target")
-            calibration = m.get("screening", {}).get("calibration")
+            m = entry["metrics"]
+            point, calibration = m.screening.point("target"), m.screening.calibration
             lines.append(
-                f"| {entry['set']} | {entry['photos']} | {with_interval(m['accuracy'], spans.get('accuracy'), '.1%')} | "
-                f"{with_interval(m['qwk'], spans.get('qwk'))} | "
-                f"{with_interval(m.get('referable_auc'), spans.get('referable_auc'))} | "
+                f"| {entry['set']} | {entry['photos']} | {with_interval(m.accuracy, m.interval('accuracy'), '.1%')} | "
+                f"{with_interval(m.qwk, m.interval('qwk'))} | "
+                f"{with_interval(m.referable_auc, m.interval('referable_auc'))} | "
                 f"{signed_interval(entry['change']['referable_auc'])} | "
                 + (f"{point['sensitivity']:.1%} / {point['specificity']:.1%}" if point else "none") + " | "
                 + (ece_text(calibration["calibrated"]) if calibration else "none") + " |")
@@ -158,14 +158,14 @@ def _external(run: RunResult) -> str:
 def _limitations(run: RunResult) -> str:
     metrics = run.metrics
     lines = ["## Known limitations\n"]
-    rare = [f"{grade} {GRADE_NAMES[grade]} ({metrics['recall'][grade]:.2f})" for grade in GRADES
-            if metrics["recall"][grade] < RARELY_FOUND]
+    rare = [f"{grade} {GRADE_NAMES[grade]} ({metrics.recall[grade]:.2f})" for grade in GRADES
+            if metrics.recall[grade] < RARELY_FOUND]
     if rare:
         lines.append(f"- Grades it finds in fewer than {RARELY_FOUND:.0%} of the test photos that have them: "
                      f"{', '.join(rare)}.")
     true_zero = run.counts[0].sum() / run.counts.sum()
     lines.append(f"- It calls {grade0_share(run):.0%} of the test photos grade 0, which make up {true_zero:.0%} of them.")
-    if metrics.get("select_on") == "test":
+    if metrics.select_on == "test":
         lines.append("- Its checkpoint was chosen on the TEST split: the test figures are optimistic.")
     lines.append("- The test figures come from the source it was tuned on; photos of other cameras can grade far worse "
                  "(see the external validation above, and the README's 'Quality on real photos').")

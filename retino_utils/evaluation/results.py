@@ -12,6 +12,7 @@ import pandas as pd
 
 from retino_utils import GRADE_NAMES, GRADES
 from retino_utils.errors import RetinoError
+from retino_utils.evaluation.record import RECORD_FILE, RunRecord, Scores, Screening, read_record
 from retino_utils.models.architectures import ARCHITECTURES
 
 
@@ -20,11 +21,11 @@ class RunResult:
     name: str
     path: Path
     history: pd.DataFrame
-    metrics: dict
+    metrics: RunRecord
 
     @property
     def config(self) -> dict:
-        return self.metrics.get("config", {})
+        return self.metrics.config
 
     @property
     def label(self) -> str:
@@ -38,12 +39,12 @@ class RunResult:
     @property
     def confusion(self) -> np.ndarray:
         """Normalised over true grades (each row sums to one)."""
-        return np.asarray(self.metrics["confusion"], dtype=float)
+        return np.asarray(self.metrics.confusion, dtype=float)
 
     @property
     def counts(self) -> np.ndarray:
         """Photos per (true grade, predicted grade)."""
-        return np.asarray(self.metrics["confusion_counts"], dtype=int)
+        return np.asarray(self.metrics.confusion_counts, dtype=int)
 
 
 EXTERNAL_RECORDS = "external"  # RUN/external/<set>.json: the run graded on another source (external.record)
@@ -52,12 +53,12 @@ EXTERNAL_RECORDS = "external"  # RUN/external/<set>.json: the run graded on anot
 def run_state(run_dir: str | Path) -> str:
     """A digest of the run's record (metrics.json): a result kept beside the run graded another state of it if
     the digest it holds differs."""
-    return hashlib.sha256((Path(run_dir) / "metrics.json").read_bytes()).hexdigest()[:16]
+    return hashlib.sha256((Path(run_dir) / RECORD_FILE).read_bytes()).hexdigest()[:16]
 
 
 def external_records(run_dir: str | Path) -> list[dict]:
-    """The external results kept beside a run, each with ``current``: False where it graded another state of the
-    run or its set has changed (or gone) since, so it must not pass for the run's."""
+    """The external results kept beside a run (their ``metrics`` a ``Scores``), each with ``current``: False where
+    it graded another state of the run or its set has changed (or gone) since, so it must not pass for the run's."""
     from retino_utils.data import dataset_fingerprint
 
     found = []
@@ -68,17 +69,17 @@ def external_records(run_dir: str | Path) -> list[dict]:
             same_set = folder.is_dir() and dataset_fingerprint(folder) == kept["fingerprint"]
         except RetinoError:  # the set no longer reads as a dataset
             same_set = False
-        found.append({**kept, "current": same_set and kept["run_state"] == run_state(run_dir)})
+        found.append({**kept, "metrics": Scores.from_dict(kept["metrics"], str(path)),
+                      "current": same_set and kept["run_state"] == run_state(run_dir)})
     return found
 
 
 def load_run(path: str | Path, name: str | None = None) -> RunResult | None:
     """A finished run (history.csv and metrics.json present), or None when it is missing or unfinished."""
     path = Path(path)
-    if not (path / "metrics.json").is_file() or not (path / "history.csv").is_file():
+    if not (path / RECORD_FILE).is_file() or not (path / "history.csv").is_file():
         return None
-    metrics = json.loads((path / "metrics.json").read_text())
-    return RunResult(name or path.name, path, pd.read_csv(path / "history.csv"), metrics)
+    return RunResult(name or path.name, path, pd.read_csv(path / "history.csv"), read_record(path))
 
 
 def load_runs(run_dirs: dict[str, str | Path]) -> tuple[dict[str, RunResult], list[str]]:
@@ -104,27 +105,27 @@ def summary_table(runs: dict[str, RunResult]) -> pd.DataFrame:
             "loss": config.get("loss"),
             "sampler": config.get("sampler"),
             "epochs": len(history),
-            "best epoch": metrics.get("best_epoch"),
+            "best epoch": metrics.best_epoch,
             "best train acc": history.train_acc.max(),
-            "accuracy": metrics["accuracy"],
-            "QWK": metrics["qwk"],
-            "macro-F1": metrics["macro_f1"],
-            "referable AUC": metrics.get("referable_auc"),
+            "accuracy": metrics.accuracy,
+            "QWK": metrics.qwk,
+            "macro-F1": metrics.macro_f1,
+            "referable AUC": metrics.referable_auc,
         })
     return pd.DataFrame(rows).set_index("run")
 
 
 def recall_table(runs: dict[str, RunResult]) -> pd.DataFrame:
     """Recall per grade (rows: runs), the column a collapsed model leaves at zero."""
-    data = {name: run.metrics["recall"] for name, run in runs.items()}
+    data = {name: run.metrics.recall for name, run in runs.items()}
     columns = [f"{g} {n}" for g, n in zip(GRADES, GRADE_NAMES)]
     return pd.DataFrame.from_dict(data, orient="index", columns=columns)
 
 
 def majority_baseline(run: RunResult) -> float:
     """Accuracy of always answering the training split's most frequent grade on the evaluated split."""
-    train_counts = np.asarray(run.metrics["train_counts"])
-    eval_counts = np.asarray(run.metrics["eval_counts"])
+    train_counts = np.asarray(run.metrics.train_counts)
+    eval_counts = np.asarray(run.metrics.eval_counts)
     return float(eval_counts[train_counts.argmax()] / eval_counts.sum())
 
 
@@ -175,7 +176,7 @@ def kept_epoch_label(best_epoch: int, select_on: str | None) -> str:
 
 def kept_epoch(run: RunResult) -> str:
     """Which epoch the run keeps, of how many, and what chose it."""
-    label = kept_epoch_label(run.metrics["best_epoch"], run.metrics.get("select_on"))
+    label = kept_epoch_label(run.metrics.best_epoch, run.metrics.select_on)
     return label.replace(" (", f" of {len(run.history)} (", 1)
 
 
@@ -186,19 +187,20 @@ def interval_table(runs: dict[str, RunResult]) -> pd.DataFrame:
     """One row per run: its test figures with 95% intervals, and how its checkpoint was chosen."""
     rows = {}
     for name, run in runs.items():
-        spans = run.metrics.get("intervals", {})
         rows[name] = {"model": run.label, "loss": run.config.get("loss"), "sampler": run.config.get("sampler"),
-                      "kept epoch": kept_epoch(run), "test photos": run.metrics["n"],
-                      **{column: with_interval(run.metrics.get(key), spans.get(key))
-                         for column, key in TABLE_FIGURES.items()}}
+                      "kept epoch": kept_epoch(run), "test photos": run.metrics.n, **figure_columns(run.metrics)}
     return pd.DataFrame.from_dict(rows, orient="index", columns=INTERVAL_COLUMNS)
 
 
-def interval_rows(metrics: dict, figures, **labels) -> list[dict]:
-    """One row per figure of a metrics record: ``labels`` (e.g. run=...), figure, value, low, high."""
-    spans = metrics.get("intervals", {})
-    return [{**labels, "figure": figure, "value": metrics.get(figure),
-             "low": (spans.get(figure) or (None, None))[0], "high": (spans.get(figure) or (None, None))[1]}
+def figure_columns(scores: Scores) -> dict[str, str]:
+    """The headline figures of a graded split with their intervals, by table column (``TABLE_FIGURES``)."""
+    return {column: with_interval(scores.figure(key), scores.interval(key)) for column, key in TABLE_FIGURES.items()}
+
+
+def interval_rows(scores: Scores, figures, **labels) -> list[dict]:
+    """One row per figure of a graded split: ``labels`` (e.g. run=...), figure, value, low, high."""
+    return [{**labels, "figure": figure, "value": scores.figure(figure),
+             "low": (scores.interval(figure) or (None, None))[0], "high": (scores.interval(figure) or (None, None))[1]}
             for figure in figures]
 
 
@@ -232,36 +234,43 @@ def recall_intervals(runs: dict[str, RunResult]) -> pd.DataFrame:
     """Recall per grade with its interval (rows: runs); each column names how many test photos it rests on."""
     rows, photos = {}, None
     for name, run in runs.items():
-        spans = run.metrics.get("intervals", {})
         photos = run.counts.sum(1)
-        rows[name] = [with_interval(recall, spans.get(f"recall_{g}"), ".2f")
-                      for g, recall in enumerate(run.metrics["recall"])]
+        rows[name] = recall_column(run.metrics)
     columns = [f"{g} {n} (n={photos[g] if photos is not None else 0})" for g, n in zip(GRADES, GRADE_NAMES)]
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+
+
+def point_figure(point: dict, figure: str, spec: str = ".1%") -> str:
+    """An operating point's ``sensitivity`` or ``specificity`` with its interval: ``87.0% [80.1%, 92.3%]``."""
+    return with_interval(point[figure], point.get(f"{figure}_interval"), spec)
+
+
+def recall_column(scores: Scores) -> list[str]:
+    """Recall per grade with its interval."""
+    return [with_interval(recall, scores.interval(f"recall_{g}"), ".2f") for g, recall in enumerate(scores.recall)]
 
 
 def operating_points_table(runs: dict[str, RunResult]) -> pd.DataFrame:
     """Screening: each run's operating points (chosen on validation) on the test split, with intervals."""
     rows = []
     for name, run in runs.items():
-        screening = run.metrics.get("screening", {})
-        for point in screening.get("operating_points", {}).values():
+        for point in run.metrics.screening.operating_points.values():
             rows.append({"run": name, "operating point": point["label"], "threshold": round(point["threshold"], 3),
-                         "sensitivity": with_interval(point["sensitivity"], point.get("sensitivity_interval"), ".2f"),
-                         "specificity": with_interval(point["specificity"], point.get("specificity_interval"), ".2f")})
+                         "sensitivity": point_figure(point, "sensitivity", ".2f"),
+                         "specificity": point_figure(point, "specificity", ".2f")})
     return pd.DataFrame(rows).set_index(["run", "operating point"]) if rows else pd.DataFrame()
 
 
-def screening_curves(runs: dict[str, RunResult]) -> dict[str, dict]:
+def screening_curves(runs: dict[str, RunResult]) -> dict[str, Screening]:
     """Legend label (the run and its referable AUC with interval) -> the run's screening figures."""
-    return {f"{run.label} (AUC {with_interval(run.metrics['referable_auc'], run.metrics.get('intervals', {}).get('referable_auc'), '.2f')})":
-            run.metrics["screening"] for run in runs.values() if "screening" in run.metrics}
+    return {f"{run.label} (AUC {with_interval(run.metrics.referable_auc, run.metrics.interval('referable_auc'), '.2f')})":
+            run.metrics.screening for run in runs.values() if run.metrics.screening.roc is not None}
 
 
 def calibrations(runs: dict[str, RunResult]) -> dict[str, dict]:
     """Run label -> its referable score's calibration on the test split, for runs that fitted one."""
-    return {run.label: run.metrics["screening"]["calibration"] for run in runs.values()
-            if "calibration" in run.metrics.get("screening", {})}
+    return {run.label: run.metrics.screening.calibration for run in runs.values()
+            if run.metrics.screening.calibration is not None}
 
 
 def ece_text(entry: dict | None) -> str:
@@ -325,12 +334,11 @@ def missing_note(missing: list[str]) -> str:
 def metrics_table(run: RunResult) -> pd.DataFrame:
     """Per grade: test photos, how often the model predicted it, recall with its interval, precision."""
     counts = run.counts
-    spans = run.metrics.get("intervals", {})
     return pd.DataFrame({
         "photos": counts.sum(1),
         "predicted": counts.sum(0),
-        "recall [95% CI]": [with_interval(r, spans.get(f"recall_{g}"), ".2f") for g, r in enumerate(run.metrics["recall"])],
-        "precision": np.round(run.metrics["precision"], 2),
+        "recall [95% CI]": recall_column(run.metrics),
+        "precision": np.round(run.metrics.precision, 2),
     }, index=[f"{g} {n}" for g, n in zip(GRADES, GRADE_NAMES)])
 
 

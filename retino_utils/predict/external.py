@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from retino_utils import GRADES
+from retino_utils import NUM_CLASSES
 from retino_utils.atomic import write_json
 from retino_utils.data import dataset_fingerprint, detect_layout
 from retino_utils.data.images import decode_problem
@@ -33,11 +33,13 @@ from retino_utils.evaluation.results import (
     fmt,
     interval_rows,
     long_frame,
+    point_figure,
     predictions,
     run_state,
     signed_interval,
     with_interval,
 )
+from retino_utils.evaluation.record import Scores
 from retino_utils.evaluation.screening import SENSITIVITY_TARGET
 from retino_utils.evaluation.uncertainty import N_RESAMPLES, unpaired_difference
 from retino_utils.predict.predictor import EVERY_SPLIT, Predictor, read_inputs, score_against_labels
@@ -53,7 +55,7 @@ class ExternalResult:
     set_name: str
     folder: Path
     table: pd.DataFrame  # per photo: name, true_grade, pred_grade, referable_score[, referable_probability], refer
-    metrics: dict  # as predict writes them: figures, intervals, screening (operating points, calibration)
+    metrics: Scores  # as predict writes them: figures, intervals, screening (operating points, calibration)
     drop: dict  # figure -> {"difference": external - internal, "interval": [low, high]}
 
 
@@ -125,7 +127,7 @@ def record(result: ExternalResult) -> Path:
     run's model card again, which quotes it (``results.external_records`` reads it back)."""
     path = result.run.path / EXTERNAL_RECORDS / f"{result.set_name.replace('/', '__')}.json"
     write_json(path, {"set": result.set_name, "folder": str(result.folder), "fingerprint": dataset_fingerprint(result.folder),
-                      "run_state": run_state(result.run.path), "photos": len(result.table), "metrics": result.metrics,
+                      "run_state": run_state(result.run.path), "photos": len(result.table), "metrics": result.metrics.to_dict(),
                       "change": result.drop})
     write_model_card(result.run.path)
     return path
@@ -139,7 +141,7 @@ def side_by_side(results: Sequence[ExternalResult], figures: Sequence[str] = COM
         if result.run.name not in shown:  # a run's internal figures once, however many external sets
             shown.add(result.run.name)
             rows += interval_rows(result.run.metrics, figures, run=result.run.name,
-                                  source=f"internal test ({result.run.metrics.get('n', '?')})")
+                                  source=f"internal test ({result.run.metrics.n})")
         rows += interval_rows(result.metrics, figures, run=result.run.name,
                               source=f"{result.set_name} ({len(result.table)})")
     return long_frame(rows, ["run", "source"])
@@ -154,7 +156,7 @@ def comparison_table(results: Sequence[ExternalResult], figures: Sequence[str] =
         for figure in figures:
             label, signed = PAIRED_FIGURES[figure]
             for where, metrics in (("internal", internal), ("external", external)):
-                row[f"{label} {where}"] = with_interval(metrics.get(figure), metrics.get("intervals", {}).get(figure),
+                row[f"{label} {where}"] = with_interval(metrics.figure(figure), metrics.interval(figure),
                                                         signed.lstrip("+"))
             row[f"{label} change"] = signed_interval(result.drop[figure], signed)
         rows.append(row)
@@ -168,10 +170,9 @@ def screening_table(results: Sequence[ExternalResult], point: str = "target") ->
     for result in results:
         row = {"run": result.run.name, "external set": result.set_name}
         for where, metrics in (("internal", result.run.metrics), ("external", result.metrics)):
-            chosen = metrics.get("screening", {}).get("operating_points", {}).get(point)
+            chosen = metrics.screening.point(point)
             for figure in ("sensitivity", "specificity"):
-                row[f"{figure} {where}"] = (with_interval(chosen[figure], chosen.get(f"{figure}_interval"), ".1%")
-                                            if chosen else "no threshold")
+                row[f"{figure} {where}"] = point_figure(chosen, figure) if chosen else "no threshold"
         rows.append(row)
     return pd.DataFrame(rows).set_index("run")
 
@@ -182,7 +183,7 @@ def calibration_table(results: Sequence[ExternalResult]) -> pd.DataFrame:
     for result in results:
         row = {"run": result.run.name, "external set": result.set_name}
         for where, metrics in (("internal", result.run.metrics), ("external", result.metrics)):
-            row[f"ECE {where}"] = ece_text(metrics.get("screening", {}).get("calibration", {}).get("calibrated"))
+            row[f"ECE {where}"] = ece_text((metrics.screening.calibration or {}).get("calibrated"))
         rows.append(row)
     return pd.DataFrame(rows).set_index("run")
 
@@ -191,8 +192,7 @@ def reliability_panels(results: Sequence[ExternalResult]) -> dict[str, dict[str,
     """Run -> {internal test / external set -> calibration}, for runs that calibrated their referable score."""
     panels: dict[str, dict[str, dict]] = {}
     for result in results:
-        internal = result.run.metrics.get("screening", {}).get("calibration")
-        external = result.metrics.get("screening", {}).get("calibration")
+        internal, external = result.run.metrics.screening.calibration, result.metrics.screening.calibration
         if internal and external:
             panels.setdefault(result.run.name, {"internal test": internal})[result.set_name] = external
     return panels
@@ -200,7 +200,7 @@ def reliability_panels(results: Sequence[ExternalResult]) -> dict[str, dict[str,
 
 def confusion_panels(results: Sequence[ExternalResult]) -> dict[str, np.ndarray]:
     """Panel title -> counts of (true grade, predicted grade) on the external set."""
-    return {f"{result.run.name} on {result.set_name}": np.asarray(result.metrics["confusion_counts"])
+    return {f"{result.run.name} on {result.set_name}": np.asarray(result.metrics.confusion_counts)
             for result in results}
 
 
@@ -214,7 +214,7 @@ def sets_note(sets: Mapping[str, Path], results: Sequence[ExternalResult]) -> st
     lines = []
     for name in sets:
         table = next(result.table for result in results if result.set_name == name)
-        counts = np.bincount(table["true_grade"], minlength=len(GRADES))
+        counts = np.bincount(table["true_grade"], minlength=NUM_CLASSES)
         lines.append(f"- **{name}** (`{sets[name]}`): {len(table)} photos, grades 0-4: "
                      f"{' / '.join(map(str, counts))}.")
     return "\n".join(lines)
@@ -228,7 +228,8 @@ def drop_lines(results: Sequence[ExternalResult], figures: Sequence[str] = ("ref
         for figure in figures:
             label, signed = PAIRED_FIGURES[figure]
             plain = signed.lstrip("+")
-            parts.append(f"{label} {fmt(result.run.metrics.get(figure), plain)} -> {fmt(result.metrics.get(figure), plain)}"
+            parts.append(f"{label} {fmt(result.run.metrics.figure(figure), plain)} -> "
+                         f"{fmt(result.metrics.figure(figure), plain)}"
                          f", {signed_interval(result.drop[figure], signed)} ({difference_verdict(result.drop[figure])})")
         lines.append(f"- **{result.run.name}** on {result.set_name}: {'; '.join(parts)}.")
     return "\n".join(lines)
@@ -251,7 +252,7 @@ def screening_lines(results: Sequence[ExternalResult], point: str = "target") ->
     """One Markdown line per run and set: the sensitivity the internal threshold keeps externally."""
     lines = []
     for result in results:
-        chosen = result.metrics.get("screening", {}).get("operating_points", {}).get(point)
+        chosen = result.metrics.screening.point(point)
         if not chosen:
             lines.append(f"- **{result.run.name}**: no threshold was chosen on validation (one class only there).")
             continue
@@ -261,6 +262,5 @@ def screening_lines(results: Sequence[ExternalResult], point: str = "target") ->
                    f"at least the {SENSITIVITY_TARGET:.0%} aimed at" if low >= SENSITIVITY_TARGET else
                    f"its interval spans the {SENSITIVITY_TARGET:.0%} aimed at")
         lines.append(f"- **{result.run.name}** on {result.set_name}: sensitivity "
-                     f"{with_interval(chosen['sensitivity'], chosen.get('sensitivity_interval'), '.1%')} ({verdict}), "
-                     f"specificity {with_interval(chosen['specificity'], chosen.get('specificity_interval'), '.1%')}.")
+                     f"{point_figure(chosen, 'sensitivity')} ({verdict}), specificity {point_figure(chosen, 'specificity')}.")
     return "\n".join(lines)

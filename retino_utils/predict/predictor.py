@@ -14,7 +14,6 @@ photos, a text file of paths (one a line), or a dataset in one of the layouts, w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from retino_utils import GRADES
+from retino_utils import NUM_CLASSES
 from retino_utils.atomic import atomic_path, write_json
 from retino_utils.data import SPLITS, BatchLoader, SplitIndex, dataset_fingerprint, detect_layout, read_split
 from retino_utils.data.images import ImageSource, decode_problem, fundus_doubt, load_resized, load_rgb, square_resize
@@ -37,12 +36,13 @@ from retino_utils.evaluation.calibration import calibrated, calibration_report
 from retino_utils.evaluation.cam import grad_cam, overlay, upsample
 from retino_utils.evaluation.eyes import fuse_eyes
 from retino_utils.evaluation.metrics import compute_metrics
+from retino_utils.evaluation.record import RECORD_FILE, RunRecord, Scores, Screening, read_record
 from retino_utils.evaluation.results import with_interval
 from retino_utils.evaluation.screening import operating_points
 from retino_utils.evaluation.uncertainty import N_RESAMPLES, intervals
 from retino_utils.models.networks import build_model
 from retino_utils.progress import progress
-from retino_utils.train.checkpoint import load_checkpoint, scored_weights
+from retino_utils.train.checkpoint import Checkpoint, load_checkpoint, scored_weights
 from retino_utils.train.config import TrainConfig, load_config
 from retino_utils.train.device import resolve_device, resolve_precision, use_channels_last
 from retino_utils.train.engine import evaluate, output_table
@@ -90,7 +90,7 @@ class Predictor:
     precision: str  # the run's --precision, resolved on this machine's hardware
     channels_last: bool
     batch_size: int
-    metrics: dict
+    record: RunRecord  # the run's metrics.json
     config: TrainConfig  # the settings the checkpoint was trained with
     fuse_eyes: float = 0.0  # the run's weight of a patient's other eye, for photos named <patient>_left/right
     preprocess_size: int = PREPROCESS_SIZE  # --preprocess writes photos this big: the run's training copy's side
@@ -101,28 +101,27 @@ class Predictor:
     def from_run(cls, run_dir: str | Path, device: str = "auto", batch_size: int | None = None,
                  checkpoint: str = "best.pt") -> "Predictor":
         run_dir = Path(run_dir)
-        if not (run_dir / "metrics.json").is_file():
-            raise RetinoError(f"{run_dir} holds no finished run (no metrics.json): pass a run folder that "
+        if not (run_dir / RECORD_FILE).is_file():
+            raise RetinoError(f"{run_dir} holds no finished run (no {RECORD_FILE}): pass a run folder that "
                               f"training completed")
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        record = read_record(run_dir)
         state = load_checkpoint(run_dir / checkpoint)
         config = trained_config(run_dir, state)
         target = resolve_device(device if device != "auto" else config.device)
-        model = build_model(config.arch, None, num_classes=1 if config.is_regression else len(GRADES),
+        model = build_model(config.arch, None, num_classes=1 if config.is_regression else NUM_CLASSES,
                             impl=config.impl)
         model.load_state_dict(scored_weights(state))
         channels_last = use_channels_last(target)
         model = model.to(target, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
-        target_point = metrics.get("screening", {}).get("operating_points", {}).get("target")
+        target_point = record.screening.point("target")
         training_copy = copy_settings(config.data)
-        return cls(run_dir, model, config.image_size, tuple(metrics["normalization"]["mean"]),
-                   tuple(metrics["normalization"]["std"]), metrics.get("thresholds"),
+        return cls(run_dir, model, config.image_size, record.mean, record.std, record.thresholds,
                    target_point["threshold"] if target_point else None, target,
                    resolve_precision(target, config.precision),
-                   channels_last, batch_size or 2 * config.batch_size, metrics, config, config.fuse_eyes,
+                   channels_last, batch_size or 2 * config.batch_size, record, config, config.fuse_eyes,
                    training_copy.size if training_copy else PREPROCESS_SIZE,
                    training_copy.prepare if training_copy else "crop",
-                   metrics.get("screening", {}).get("calibration", {}).get("calibrator"))
+                   (record.screening.calibration or {}).get("calibrator"))
 
     def loader(self, photos) -> BatchLoader:
         return BatchLoader(photos, self.batch_size, shuffle=False, augment=False, mean=self.mean, std=self.std,
@@ -173,9 +172,9 @@ class _Decoded:
         out[:] = self.pixels[indices]
 
 
-def trained_config(run_dir: Path, state: dict) -> TrainConfig:
+def trained_config(run_dir: Path, state: Checkpoint) -> TrainConfig:
     """The settings the checkpoint was trained with; an edited ``config.yaml`` that disagrees is refused."""
-    trained = TrainConfig.from_dict(state["config"])
+    trained = TrainConfig.from_dict(state.config)
     saved = run_dir / "config.yaml"
     if saved.is_file():
         changes = setting_changes(trained, load_config(saved))
@@ -275,21 +274,20 @@ def preparation_note(run_dir: Path, config: TrainConfig, photos: Sequence[Path],
     return None
 
 
-def score_against_labels(table: pd.DataFrame, predictor: Predictor) -> dict:
-    """The metrics training reports, with the run's own bootstrap settings and screening thresholds."""
+def score_against_labels(table: pd.DataFrame, predictor: Predictor) -> Scores:
+    """The figures training reports, with the run's own bootstrap settings and screening thresholds."""
     y_true, y_pred = table["true_grade"].to_numpy(), table["pred_grade"].to_numpy()
     score, names = table["referable_score"].to_numpy(), table["name"].tolist()
-    config = predictor.metrics.get("config", {})
-    resampling = {"n_resamples": config.get("bootstrap") or N_RESAMPLES, "seed": config.get("seed", 0)}
-    metrics = compute_metrics(y_true, y_pred, referable_score=score)
-    metrics["intervals"] = intervals(y_true, y_pred, score, names, **resampling)
-    thresholds = {name: point["threshold"] for name, point in
-                  predictor.metrics.get("screening", {}).get("operating_points", {}).items()}
-    metrics["screening"] = {"operating_points": operating_points(thresholds, y_true, score, names, **resampling)}
+    resampling = {"n_resamples": predictor.config.bootstrap or N_RESAMPLES, "seed": predictor.config.seed}
+    thresholds = {name: point["threshold"] for name, point in predictor.record.screening.operating_points.items()}
+    calibration = None
     if predictor.calibrator is not None:
-        metrics["screening"]["calibration"] = calibration_report(predictor.calibrator, predictor.config.is_regression,
-                                                                 y_true, score, names, **resampling)
-    return metrics
+        calibration = calibration_report(predictor.calibrator, predictor.config.is_regression, y_true, score, names,
+                                         **resampling)
+    return Scores(**compute_metrics(y_true, y_pred, referable_score=score),
+                  intervals=intervals(y_true, y_pred, score, names, **resampling),
+                  screening=Screening(operating_points=operating_points(thresholds, y_true, score, names, **resampling),
+                                      calibration=calibration))
 
 
 # -- command line ---------------------------------------------------------------------------------------
@@ -372,12 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"graded {len(table)} photos with {args.run_dir} -> {args.out}")
     scored = args.out.with_suffix(".metrics.json")
     if inputs.labels is not None:
-        metrics = score_against_labels(table, predictor)
-        write_json(scored, metrics)
-        spans = metrics["intervals"]
-        print(f"against the labels: accuracy {with_interval(metrics['accuracy'], spans['accuracy'], '.1%')}, "
-              f"QWK {with_interval(metrics['qwk'], spans['qwk'])}, referable AUC "
-              f"{with_interval(metrics['referable_auc'], spans['referable_auc'])} "
+        scores = score_against_labels(table, predictor)
+        write_json(scored, scores.to_dict())
+        print(f"against the labels: accuracy {with_interval(scores.accuracy, scores.interval('accuracy'), '.1%')}, "
+              f"QWK {with_interval(scores.qwk, scores.interval('qwk'))}, referable AUC "
+              f"{with_interval(scores.referable_auc, scores.interval('referable_auc'))} "
               f"(all figures in {scored})")
     elif scored.exists():
         scored.unlink()  # an earlier grading's figures must not pass for these grades

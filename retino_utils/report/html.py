@@ -17,7 +17,8 @@ import pandas as pd
 
 from retino_utils.atomic import atomic_path, write_text
 from retino_utils.errors import RetinoError
-from retino_utils.evaluation.results import TABLE_FIGURES, kept_epoch_label, with_interval
+from retino_utils.evaluation.record import RunRecord
+from retino_utils.evaluation.results import figure_columns, kept_epoch_label
 from retino_utils.models.imagenet import imagenet_weights_file
 
 WHOLE_TABLES = (" table { display: table !important; overflow: visible !important; width: auto !important; "
@@ -96,11 +97,9 @@ def _summary_table(results: dict) -> str:
                "weights": settings.get("weights") or "none", "loss": settings.get("loss"),
                "sampler": settings.get("sampler"), "status": run["status"]}
         if metrics:
-            spans = metrics.get("intervals") or {}
-            row.update({"kept epoch": kept_epoch_label(metrics["best_epoch"], metrics.get("select_on")),
-                        "test photos": str(metrics["n"]),
-                        **{column: with_interval(metrics.get(key), spans.get(key))
-                           for column, key in TABLE_FIGURES.items()}})
+            record = RunRecord.from_dict(metrics, f"results.json (run {name})")
+            row.update({"kept epoch": kept_epoch_label(record.best_epoch, record.select_on),
+                        "test photos": str(record.n), **figure_columns(record)})
         rows.append(row)
     return pd.DataFrame(rows).fillna("").to_html(index=False, border=0, escape=True)
 
@@ -150,10 +149,10 @@ def render_report(ctx, steps: Sequence, results: dict, index_figures: Sequence[S
     report_dir.mkdir(parents=True, exist_ok=True)
     links = []
     for step in steps:
-        executed = ctx.out / "notebooks" / f"{step.name.replace('/', '_')}.ipynb"
+        executed = ctx.out / "notebooks" / f"{step.file_stem}.ipynb"
         if not executed.exists() or results["steps"].get(step.name, {}).get("status") == "missing":
             continue  # a run missing for lack of weights is explained on the index page, not as a traceback
-        page = report_dir / f"{step.name.replace('/', '_')}.html"
+        page = report_dir / f"{step.file_stem}.html"
         if not page.exists() or page.stat().st_mtime < executed.stat().st_mtime:
             notebook_page(executed, page)
         links.append(f'<li><a href="{page.name}">{html.escape(step.name)}</a></li>')

@@ -37,6 +37,14 @@ def run_dir(value: str, name: str) -> Path:
     return Path(value) if value else DEMO_DIR / "runs" / name
 
 
+DEFAULT_RUN = "resnet18_scratch"  # the demo run the training notebook trains when opened by hand
+
+
+def run_name(value: str, run_folder: str) -> str:
+    """The name a run's figures carry: ``value``, else its folder's name, else the demo's first run."""
+    return value or (Path(run_folder).name if run_folder else DEFAULT_RUN)
+
+
 def group_runs(given: dict, group: str) -> dict[str, Path]:
     """The runs a notebook reads: the ones given, or the demo build's runs of this pipeline group."""
     if given:

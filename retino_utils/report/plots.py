@@ -16,7 +16,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from retino_utils import GRADE_NAMES, GRADES
+from retino_utils import GRADE_NAMES, GRADES, NUM_CLASSES
 from retino_utils.atomic import atomic_path
 
 HOUSE_STYLE = {"style": "ticks", "context": "notebook", "palette": "tab10", "font_scale": 0.9}
@@ -210,7 +210,7 @@ def recall_bars(recall: pd.DataFrame) -> Figure:
 def roc_curves(curves: Mapping[str, dict], reference_points: Mapping[str, tuple[float, float]]) -> Figure:
     """ROC curves of the referable score for several runs, their operating points, and published ones.
 
-    ``curves``: legend label -> a run's ``metrics["screening"]`` (its ``roc`` and ``operating_points``);
+    ``curves``: legend label -> a run's ``Screening`` (its ``roc`` and ``operating_points``);
     ``reference_points``: label -> (sensitivity, specificity) drawn as black marks for comparison.
     """
     if not curves:
@@ -218,12 +218,12 @@ def roc_curves(curves: Mapping[str, dict], reference_points: Mapping[str, tuple[
     fig, ax = plt.subplots(figsize=(10.5, 6))
     palette = sns.color_palette(n_colors=max(len(curves), 1))
     for color, (label, screening) in zip(palette, curves.items()):
-        roc = screening["roc"]
+        roc = screening.roc
         if not roc["fpr"]:
             continue
         sns.lineplot(x=roc["fpr"], y=roc["tpr"], drawstyle="steps-post", color=color, label=label, ax=ax,
                      errorbar=None)
-        for name, point in screening.get("operating_points", {}).items():
+        for name, point in screening.operating_points.items():
             if point["sensitivity"] is not None:
                 ax.plot(1 - point["specificity"], point["sensitivity"], "o" if name == "target" else "s",
                         color=color, markeredgecolor="black", markersize=7)
@@ -251,7 +251,7 @@ def filled_bins(table: dict) -> tuple[list[float], list[float], np.ndarray]:
 def reliability_diagram(calibrations: Mapping[str, dict]) -> Figure:
     """Observed referable rate against calibrated probability per bin, with the bins' photo counts below.
 
-    ``calibrations``: legend label -> a run's ``metrics["screening"]["calibration"]``. Points on the
+    ``calibrations``: legend label -> a run's ``Screening.calibration``. Points on the
     diagonal are calibrated; the counts show which bins hold enough photos to judge.
     """
     if not calibrations:
@@ -312,7 +312,7 @@ def reliability_grid(panels: Mapping[str, Mapping[str, dict]], ncols: int = 4) -
 def overlay_grid(cells: Mapping[tuple[int, str], tuple[object, str]], title: str,
                  kinds: Sequence[str] = ("correct", "wrong")) -> Figure:
     """Overlays in a grid: one row per grade, one column per kind; an absent cell says so."""
-    fig, axes = plt.subplots(len(GRADES), len(kinds), figsize=(2.6 * len(kinds), 2.5 * len(GRADES)), squeeze=False)
+    fig, axes = plt.subplots(NUM_CLASSES, len(kinds), figsize=(2.6 * len(kinds), 2.5 * NUM_CLASSES), squeeze=False)
     for grade, row in zip(GRADES, axes):
         for kind, ax in zip(kinds, row):
             ax.set_xticks([])

@@ -18,6 +18,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +26,7 @@ from typing import Sequence
 from retino_utils import GRADES
 from retino_utils.atomic import write_json
 from retino_utils.data import dataset_fingerprint
-from retino_utils.data.preprocess import preprocess
+from retino_utils.data.preprocess import preprocess_dataset
 from retino_utils.errors import RetinoError, WeightsUnavailableError
 from retino_utils.evaluation.results import load_run
 from retino_utils.paths import BUILD_DIR, FIGURES_DIR, NOTEBOOKS_DIR, PACKAGE_DIR
@@ -51,6 +52,11 @@ class Step:
     settings: dict | None = None  # that run's settings
     depends: list[str] = field(default_factory=list)
     reads_external: bool = False  # grades the external sets: their photos are part of what it depends on
+
+    @property
+    def file_stem(self) -> str:
+        """The name of every file the step leaves (its record, executed notebook and page): ``train_resnet18_scratch``."""
+        return self.name.replace("/", "_")
 
 
 @dataclass
@@ -99,6 +105,10 @@ def plan(pipeline: dict, profile: str, ctx: "ReportContext") -> list[Step]:
             depends += [train_step[name] for name in members if name in train_step]
         steps.append(Step(entry["step"], notebook, parameters, depends=list(dict.fromkeys(depends)),
                           reads_external="{external}" in (template or {}).values()))
+    clashing = [stem for stem, count in Counter(step.file_stem for step in steps).items() if count > 1]
+    if clashing:
+        raise RetinoError(f"two steps would write the same files ({clashing[0]}.*): rename a run or a notebook step "
+                          f"in the pipeline file, nothing was run")
     return steps
 
 
@@ -301,7 +311,7 @@ def prepare_data(ctx: ReportContext, pipeline: dict) -> None:
         prepared = profile["prepare"]
         print(f"[data] {ctx.source_dir} prepared as {prepared['preparation']} at {prepared['size']} px in "
               f"{ctx.data_dir} (once; an interrupted copy resumes)", flush=True)
-        summary = preprocess(ctx.source_dir, ctx.data_dir, prepared["size"], prepared["preparation"])
+        summary = preprocess_dataset(ctx.source_dir, ctx.data_dir, prepared["size"], prepared["preparation"])
         if summary.failed:
             where, reason = summary.failed[0]
             raise RetinoError(f"{len(summary.failed)} photos of {ctx.source_dir} could not be read ({where}: {reason}"
@@ -339,7 +349,7 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
     hashes: dict[str, str] = {}
     outcomes: dict[str, Outcome] = {}
     for number, step in enumerate(steps, 1):
-        record_path = ctx.out / "steps" / f"{step.name.replace('/', '__')}.json"
+        record_path = ctx.out / "steps" / f"{step.file_stem}.json"
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
         data_state = fingerprint + (external_fingerprint if step.reads_external else "")
         hashes[step.name] = step_hash(step, code, data_state, hashes)
@@ -354,7 +364,7 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
         print(f"{prefix} ...", flush=True)
         if step.run is not None:
             set_aside_changed_run(step, ctx.data_dir, force)
-        outcome = execute(step, ctx.out / "notebooks" / f"{step.name.replace('/', '_')}.ipynb")
+        outcome = execute(step, ctx.out / "notebooks" / f"{step.file_stem}.ipynb")
         outcomes[step.name] = outcome
         write_json(record_path, {"hash": hashes[step.name], "status": outcome.status, "message": outcome.message,
                                  "seconds": round(outcome.seconds, 1)})
@@ -367,7 +377,7 @@ def build_report(profile: str = "demo", data: str | None = None, out: str | None
                    *setting_differences(pipeline, ctx.profile)]
     index = render_report(ctx, steps, results, pipeline.get("index_figures") or [], differences)
     if pdf:
-        pages = [index, *(page for step in steps if (page := index.parent / f"{step.name.replace('/', '_')}.html").is_file())]
+        pages = [index, *(page for step in steps if (page := index.parent / f"{step.file_stem}.html").is_file())]
         print(f"report.pdf: {export_pdf(pages, index.parent / 'report.pdf')} ({len(pages)} pages of HTML)", flush=True)
     runs = results["runs"]
     missing = [name for name, run in runs.items() if run["status"] == "missing"]  # no ImageNet weights here
@@ -404,9 +414,7 @@ def collect_results(ctx: ReportContext, pipeline: dict, steps: Sequence[Step], o
                  "groups": pipeline["runs"][step.run].get("groups", []), "run_dir": step.parameters["run_dir"],
                  "settings": step.settings}
         if run is not None:
-            entry["metrics"] = {k: run.metrics.get(k) for k in (
-                "accuracy", "qwk", "macro_f1", "recall", "precision", "referable_sensitivity", "referable_specificity",
-                "referable_auc", "best_epoch", "select_on", "n", "intervals", "screening")}
+            entry["metrics"] = run.metrics.to_dict()
             entry["history"] = run.history.to_dict(orient="list")
         runs[step.run] = entry
     return {"profile": ctx.profile, "data": str(ctx.data_dir), "figures": str(ctx.figures),

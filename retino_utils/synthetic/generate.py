@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from retino_utils import GRADES
+from retino_utils import GRADES, NUM_CLASSES
 from retino_utils.atomic import remove_stale_temp_files, write_bytes, write_json, write_text
 from retino_utils.data.parallel import parallel_map
 from retino_utils.errors import RetinoError
@@ -45,8 +45,8 @@ def normalise_shares(shares: Sequence[float]) -> tuple[float, ...]:
         values = [float(s) for s in shares]
     except (TypeError, ValueError):
         values = []
-    if len(values) != len(GRADES) or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
-        raise RetinoError(f"grade shares {shares!r} must be {len(GRADES)} non-negative numbers for grades 0-4, "
+    if len(values) != NUM_CLASSES or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
+        raise RetinoError(f"grade shares {shares!r} must be {NUM_CLASSES} non-negative numbers for grades 0-4, "
                           "not all zero, e.g. 73.5,7.0,15.0,2.5,2.1")
     return tuple(v / sum(values) for v in values)
 
@@ -216,7 +216,7 @@ def generate_dataset(out: str | os.PathLike, n_train: int, n_test: int, size: in
         write_text(out / f"{split}_label.csv", "".join(f"{grade}\n" for _, grade in plan[split]))
     if progress:
         counts = " ".join(
-            f"{split} " + "/".join(map(str, np.bincount([g for _, g in plan[split]], minlength=len(GRADES))))
+            f"{split} " + "/".join(map(str, np.bincount([g for _, g in plan[split]], minlength=NUM_CLASSES)))
             for split in SPLITS)
         print(f"synthetic: {out}: {len(tasks)} images {size}px, grades 0-4 {counts}; wrote {written} "
               f"in {elapsed:.1f} s ({written / max(elapsed, 1e-9):.0f} images/s)")

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
-from retino_utils import GRADES
+from retino_utils import GRADES, NUM_CLASSES
 from retino_utils.atomic import remove_stale_temp_files, write_bytes, write_json, write_text
 from retino_utils.data.parallel import parallel_map
 from retino_utils.errors import RetinoError
@@ -111,7 +111,7 @@ def generate_second_camera(out: str | os.PathLike, n: int, size: int = 256, seed
     write_text(labels, "image,level\n" + "".join(f"{name},{grade}\n" for name, grade in rows))
     if progress:
         print(f"second camera: {out}: {n} photos, grades 0-4 "
-              f"{'/'.join(map(str, np.bincount(grades, minlength=len(GRADES))))}")
+              f"{'/'.join(map(str, np.bincount(grades, minlength=NUM_CLASSES)))}")
     return out
 
 

@@ -75,8 +75,8 @@ def build_parser(config_class: type[TrainConfig] = TrainConfig) -> argparse.Argu
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", help="YAML file of settings (e.g. a run's config.yaml); flags override it")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), help="named settings; explicit flags override them")
     helps = {field.name: field.metadata.get("help", "") for field in dataclasses.fields(config_class)}
+    parser.add_argument("--recipe", choices=sorted(RECIPES), help=helps["recipe"])
     for name, hint in typing.get_type_hints(config_class).items():
         if name == "recipe":
             continue

@@ -50,25 +50,29 @@ class TrainConfig:
 
     data: str = setting("", "dataset folder (in one of the layouts: see --layout)")
     out: str = setting("", "run folder for checkpoints, history.csv, predictions.csv, metrics.json")
-    arch: Literal[tuple(ARCHITECTURES)] = "resnet18"  # the choices: retino_utils/models/architectures.py
+    arch: Literal[tuple(ARCHITECTURES)] = setting(  # the choices: retino_utils/models/architectures.py
+        "resnet18", "the network (declared in retino_utils/models/architectures.py)")
     weights: str | None = setting(None, "none | imagenet | PATH to a state dict or checkpoint")
     impl: Literal[IMPLS] = setting("torchvision", "native = the ResNets built from their "
                                                      "blocks, as reports 003/004 did (same weights and outputs)")
-    epochs: int = 10
+    epochs: int = setting(10, "epochs in all, feature-extraction ones included")
     fe_epochs: int = setting(0, "leading feature-extraction epochs (backbone frozen, only the head trains)")
-    batch_size: int = 32
-    lr: float = 1e-3
+    batch_size: int = setting(32, "photos per training step (evaluation uses twice as many)")
+    lr: float = setting(1e-3, "learning rate (the peak, with a schedule)")
     optimizer: Literal["sgd", "adamw"] = setting("sgd", "sgd = SGD with momentum (the reports'); adamw = AdamW")
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: Literal["none", "cosine", "onecycle"] = "none"
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float = setting(5e-4, "L2 penalty (SGD) or decoupled weight decay (AdamW)")
+    schedule: Literal["none", "cosine", "onecycle"] = setting(
+        "none", "learning-rate schedule of fine-tuning: none = constant; cosine = cosine decay to zero; onecycle = "
+                "torch's OneCycleLR")
     warmup_epochs: int = setting(0, "linear warm-up epochs at the start of fine-tuning (none/cosine schedules)")
-    image_size: int = 256
+    image_size: int = setting(256, "side in pixels the photos are resized to (the kept checkpoint's size)")
     sizes: str = setting("", "progressive resizing: smaller sizes trained first, as SIZE:EPOCHS pairs (e.g. "
                          "128:10,192:8); the remaining epochs train at image_size, and only they can be kept "
                          "(a recipe's schedule applies only when image_size is not given)")
-    loss: Literal[LOSSES] = "ce"  # the choices: retino_utils/models/losses/__init__.py
-    focal_gamma: float = 2.0
+    loss: Literal[LOSSES] = setting(  # the choices: retino_utils/models/losses/__init__.py
+        "ce", "ce, wce (class-weighted), focal: 5-way softmax; mse, smooth_l1: a regression head cut into grades")
+    focal_gamma: float = setting(2.0, "focal loss exponent: how much easy photos are down-weighted")
     cut_points: Literal["qwk", "frequencies"] = setting(
         "qwk", "regression cut points, set on the validation split: qwk = tuned for its QWK; frequencies = "
                "each grade gets its share of the training split (no validation labels used)")
@@ -76,8 +80,8 @@ class TrainConfig:
     sampler: Literal["none", "weighted", "weighted_to_natural"] = setting(
         "none", "weighted = every grade drawn equally often; weighted_to_natural = from that at the first epoch "
                 "to the natural frequencies at the last, linearly")
-    hflip: bool = True
-    vflip: bool = True
+    hflip: bool = setting(True, "random horizontal flips (a left eye mirrored looks like a right one)")
+    vflip: bool = setting(True, "random vertical flips")
     rotation: float = setting(0.0, "degrees of random rotation (180 = any angle)")
     scale: float = setting(0.0, "random zoom by a factor in [1 - scale, 1 + scale]")
     shift: float = setting(0.0, "random shift up to this share of the image size, in x and y")
@@ -91,9 +95,10 @@ class TrainConfig:
         "auto", "auto = ImageNet stats for ImageNet weights, the training split's own otherwise; "
                 "none = pixels scaled to [0, 1] only")
     # The layouts of retino_utils/data/layouts.py (LAYOUTS; a test checks the two lists agree).
-    layout: Literal["auto", "lab", "kaggle", "aptos", "ddr", "idrid", "messidor2", "deepdrid", "folders"] = "auto"
+    layout: Literal["auto", "lab", "kaggle", "aptos", "ddr", "idrid", "messidor2", "deepdrid", "folders"] = setting(
+        "auto", "the dataset's layout (auto = detected from its files; the README lists each)")
     test_fraction: float = setting(0.2, "layouts without a test table: share of patients held out as the test split")
-    split_seed: int = 0
+    split_seed: int = setting(0, "seed of the held-out splits (validation, and test where the layout has none)")
     val_fraction: float = setting(0.1, "share of the training patients held out for validation, stratified by "
                                   "grade: it picks the kept checkpoint, the cut points and the screening thresholds")
     select_on: Literal["validation", "test"] = setting(
@@ -109,7 +114,7 @@ class TrainConfig:
                 "AVX512-BF16/AMX), fp16 autocast with a gradient scaler on older CUDA cards (T4, V100, P100), "
                 "fp32 elsewhere")
     compile: bool = setting(False, "torch.compile the model")
-    seed: int = 0
+    seed: int = setting(0, "seed of the weights, batches, augmentation and bootstrap")
     deterministic: bool = setting(False, "deterministic algorithms (slower; bit-identical reruns)")
     best_metric: Literal["accuracy", "qwk", "last"] = setting(
         "accuracy", "which epoch's checkpoint is kept (last = the final one)")
@@ -120,7 +125,8 @@ class TrainConfig:
                                "<patient>_left and _right are in the same split (0 = off)")
     progress: bool = setting(True, "progress bars (--no-progress for batch runs)")
     resume: bool = setting(False, "continue an interrupted run in --out (or reuse a finished one)")
-    recipe: str | None = setting(None, "named settings; explicit ones override them")
+    recipe: str | None = setting(None, "named settings (RECIPES, above in retino_utils/train/config.py); explicit "
+                                       "flags override them")
 
     def __post_init__(self) -> None:
         self._check_types()

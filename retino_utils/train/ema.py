@@ -1,7 +1,8 @@
 """The moving average of the weights (``--ema``), evaluated and kept instead of the raw weights.
 
-Its decay warms up as timm's ``ModelEmaV3`` does, ``min(decay, (1 + n) / (10 + n))`` after ``n``
-updates, so a short run is not an average dominated by its first, random weights. Batch-norm
+Its decay warms up as TensorFlow's ``ExponentialMovingAverage`` does with ``num_updates``,
+``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so a short run is not an average dominated by its
+first, random weights. Batch-norm
 statistics are averaged with the weights (``use_buffers``).
 """
 

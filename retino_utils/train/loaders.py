@@ -100,3 +100,18 @@ def build_run_data(config: TrainConfig, device: torch.device, ctx: DistContext, 
                          jpeg=config.jpeg, sample_weights=weights, seed=config.seed, drop_last=False, **common),
         evaluation(val_source), evaluation(test_source), evaluation(train_source), config,
     )
+
+
+class DataBySize:
+    """A run's splits and loaders at each image size it trains at (progressive resizing), built on first use;
+    every size reuses the splits and normalisation statistics of the config's own size."""
+
+    def __init__(self, config: TrainConfig, device: torch.device, ctx: DistContext, channels_last: bool):
+        self._settings = (config, device, ctx, channels_last)
+        self.first = build_run_data(config, device, ctx, channels_last)
+        self._built = {config.image_size: self.first}
+
+    def at(self, size: int) -> RunData:
+        if size not in self._built:
+            self._built[size] = build_run_data(*self._settings, image_size=size, like=self.first)
+        return self._built[size]
