@@ -40,7 +40,8 @@ def package_with(tmp_path, module: str, anchor: str, addition: str) -> dict:
 
 @pytest.fixture
 def package_with_new_setting(tmp_path):
-    return package_with(tmp_path, "train/config.py", "    seed: int = 0\n", NEW_SETTING)
+    anchor = '    seed: int = setting(0, "seed of the weights, batches, augmentation and bootstrap")\n'
+    return package_with(tmp_path, "train/config.py", anchor, NEW_SETTING)
 
 
 @pytest.mark.slow
