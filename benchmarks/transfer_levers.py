@@ -58,10 +58,14 @@ VARIANTS = {
 }
 
 
-def lineage(name: str) -> list[str]:
-    """The variants ``name`` is compared with, oldest first, then itself: each is trained before its changes."""
-    versus = VARIANTS[name].versus
-    return [*lineage(versus), name] if versus else [name]
+def study_variants(wanted) -> list[str]:
+    """The variants asked for and the one each is compared with, in declaration order.
+
+    Only the direct reference is added (``retina+jpeg`` brings ``retina``, not ``graham`` too): a lever's
+    study does not retrain what the preparation's study already judged.
+    """
+    needed = {name for name in wanted} | {VARIANTS[name].versus for name in wanted if VARIANTS[name].versus}
+    return [name for name in VARIANTS if name in needed]
 
 
 def variant_config(name: str, args) -> TrainConfig:
@@ -87,24 +91,26 @@ def external_scores(config: TrainConfig, external: Path) -> dict:
 
 def run(args) -> dict:
     start = time.perf_counter()
-    names = list(dict.fromkeys(name for wanted in args.only or VARIANTS for name in lineage(wanted)))
+    names = study_variants(args.only or VARIANTS)
     external = args.data if args.smoke else args.external  # smoke: the synthetic photos, raw, stand in
     if not external.is_dir():
         raise RetinoError(f"no external set at {external}: pass --external DIR (clinical-ext-dev)")
-    internal, outside, rows = {}, {}, {}
+    internal, outside, minutes = {}, {}, {}
     for name in names:
         variant, config = VARIANTS[name], variant_config(name, args)
         print(f"\n== {name}: {variant.label} -> {config.out}", flush=True)
         fit(config)
         internal[name] = ValidationGrader(config).scores(frequencies=True)
-        reference = variant.versus
-        row = {"label": variant.label, "prepare": variant.prepare, "settings": variant.settings,
-               "compared_with": reference,
-               "training_minutes": float(load_run(config.out).history["seconds"].sum() / 60),
-               "internal": summarise(variant.label, internal[name], internal.get(reference), args.resamples)}
         outside[name] = external_scores(config, external)
-        row["external"] = summarise(variant.label, outside[name], outside.get(reference), args.resamples)
-        rows[name] = row
+        minutes[name] = float(load_run(config.out).history["seconds"].sum() / 60)
+    rows = {}
+    for name in names:
+        variant = VARIANTS[name]
+        reference = variant.versus if variant.versus in names else None
+        rows[name] = {"label": variant.label, "prepare": variant.prepare, "settings": variant.settings,
+                      "compared_with": reference, "training_minutes": minutes[name],
+                      **{view: summarise(variant.label, scores[name], scores.get(reference), args.resamples)
+                         for view, scores in (("internal", internal), ("external", outside))}}
     return {"data": str(args.data), "external": str(external), "recipe": "best-cpu", "variants": rows,
             "overrides": {"image_size": args.image_size, "epochs": args.epochs},
             "validation_photos": len(next(iter(internal.values()))["labels"]),
@@ -119,19 +125,18 @@ def print_table(results: dict) -> None:
           f"{results['external']} ({results['external_photos']} photos, graded as predict --preprocess does); the "
           f"test split is not read; "
           f"{results['minutes']:.1f} minutes in all. vs: paired difference to the variant named")
-    print(f"{'':<40}{'min':>6} {'int. QWK':>22} {'int. refAUC':>22} {'vs':>22}  {'ext. QWK':>22} "
-          f"{'ext. refAUC':>22} {'vs':>22}")
+    print(f"{'':<22}{'view':<10}{'min':>6} {'QWK':>22} {'vs':>24} {'referable AUC':>22} {'vs':>24}")
     for name, row in results["variants"].items():
-        cells = []
         for view in ("internal", "external"):
             figures = row[view]
-            cells += [with_interval(figures["qwk"], figures["qwk_interval"]),
-                      with_interval(figures["referable_auc"], figures["auc_interval"]),
-                      signed_interval(figures["auc_difference"]) if "auc_difference" in figures else ""]
-        print(f"{name:<40}{row['training_minutes']:>6.1f} " + " ".join(f"{cell:>22}" for cell in cells[:3])
-              + "  " + " ".join(f"{cell:>22}" for cell in cells[3:]))
+            versus = [signed_interval(figures[key]) if key in figures else "" for key in ("qwk_difference",
+                                                                                          "auc_difference")]
+            minutes = f"{row['training_minutes']:.1f}" if view == "internal" else ""
+            print(f"{name if view == 'internal' else '':<22}{view:<10}{minutes:>6} "
+                  f"{with_interval(figures['qwk'], figures['qwk_interval']):>22} {versus[0]:>24} "
+                  f"{with_interval(figures['referable_auc'], figures['auc_interval']):>22} {versus[1]:>24}")
         if row["compared_with"]:
-            print(f"{'':<40}       (vs {row['compared_with']})")
+            print(f"{'':<22}(vs {row['compared_with']}, paired)")
 
 
 def main(argv=None) -> int:
@@ -140,7 +145,7 @@ def main(argv=None) -> int:
                               "(for CI)")
     parser.add_argument("--external", type=Path, default=EXTERNAL_DATA,
                         help="photos of another source, never trained on (default %(default)s)")
-    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (and those they change)")
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (and the one each is compared with)")
     parser.add_argument("--image-size", type=int, help="train at this one size instead of the recipe's schedule")
     parser.add_argument("--epochs", type=int, help="instead of the recipe's 40")
     return run_on_real_data(parse_study(parser, argv), run, print_table)

@@ -13,6 +13,7 @@ import yaml
 from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
 from retino_utils.data import SPLITS, read_split
+from retino_utils.evaluation.results import signed_interval
 from retino_utils.paths import REPO_ROOT
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
@@ -156,16 +157,26 @@ def test_cross_fitted_grades_never_use_a_photos_own_label(monkeypatch):
         assert regraded[2 * patient] == grades[2 * patient] and regraded[2 * patient + 1] == grades[2 * patient + 1]
 
 
+def test_a_lever_study_trains_the_levers_and_what_each_is_compared_with_only(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from transfer_levers import VARIANTS, study_variants
+
+    assert study_variants(["retina+jpeg", "retina+gamma"]) == ["retina", "retina+gamma", "retina+jpeg"]
+    assert study_variants(["green", "retina+jpeg"]) == ["graham", "retina", "green", "retina+jpeg"]
+    assert study_variants(["graham"]) == ["graham"]
+    assert study_variants(VARIANTS) == list(VARIANTS)
+
+
 @pytest.mark.slow
 def test_transfer_levers_smoke(tmp_path):
-    """Each variant is trained after the one it changes, judged on both views, paired with it on each."""
+    """Each variant is trained with the one it changes, judged on both views, paired with it on each."""
     out = tmp_path / "transfer.json"
     result = run_benchmark("transfer_levers.py", "--smoke", "--only", "retina+jpeg", "green", "--out",
                            tmp_path / "runs", "--json", out)
     assert result.returncode == 0, result.stderr[-3000:]
     variants = json.loads(out.read_text())["variants"]
-    assert list(variants) == ["graham", "retina", "retina+jpeg", "green"]
-    assert [row["compared_with"] for row in variants.values()] == [None, "graham", "retina", "graham"]
+    assert list(variants) == ["graham", "retina", "green", "retina+jpeg"]
+    assert [row["compared_with"] for row in variants.values()] == [None, "graham", "graham", "retina"]
     for name, row in variants.items():
         trained_on = yaml.safe_load((tmp_path / "runs" / name / "config.yaml").read_text())["data"]
         assert json.loads((Path(trained_on) / ".retino-preprocess.json").read_text())["prepare"] == row["prepare"]
@@ -175,3 +186,5 @@ def test_transfer_levers_smoke(tmp_path):
             assert low <= figures["referable_auc"] <= high, (name, view)
             assert ("auc_difference" in figures) == (row["compared_with"] is not None), (name, view)
     assert yaml.safe_load((tmp_path / "runs" / "retina+jpeg" / "config.yaml").read_text())["jpeg"] == 30
+    for key in ("qwk_difference", "auc_difference"):  # the printed table shows both paired differences
+        assert signed_interval(variants["retina+jpeg"]["external"][key]) in result.stdout

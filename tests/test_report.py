@@ -5,6 +5,7 @@ import base64
 import html
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 
 from retino_utils.errors import RetinoError
 from retino_utils.paths import NOTEBOOKS_DIR
+from retino_utils.report.html import _summary_table
 from retino_utils.report.pipeline import setting_differences
 from retino_utils.report.runner import (
     ReportContext,
@@ -27,6 +29,7 @@ from retino_utils.report.runner import (
     resolve_context,
 )
 from retino_utils.synthetic.second_camera import generate_second_camera
+from retino_utils.train.config import RECIPES, TrainConfig
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 EXPECTED_FIGURES = [
@@ -291,6 +294,20 @@ def test_second_build_skips_every_step(smoke_report):
     assert steps and all("unchanged, skipped" in line for line in steps if "[data]" not in line)
 
 
+def test_the_index_table_shows_the_setting_a_run_left_at_its_default():
+    """Blank cells read as "unknown": a run that leaves arch, loss or sampler out shows the value it trains with."""
+    defaults = TrainConfig()
+    results = {"runs": {
+        "plain": {"groups": ["main"], "settings": {}, "status": "missing", "message": ""},
+        "recipe": {"groups": ["imbalance"], "settings": {"recipe": "best-cpu", "arch": "resnet50"}, "status": "missing",
+                   "message": ""}}}
+    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", _summary_table(results), re.S)]
+    assert rows[0][:6] == ["plain", "main", defaults.arch, "none", defaults.loss, defaults.sampler]
+    assert rows[1][:6] == ["recipe", "imbalance", "resnet50", "none", RECIPES["best-cpu"]["loss"],
+                           RECIPES["best-cpu"]["sampler"]]
+    assert "" not in rows[0][:6] + rows[1][:6]
+
+
 @pytest.mark.slow
 def test_missing_weights_are_listed_and_fail_only_a_strict_build(smoke_report, tmp_path):
     out, _, _ = smoke_report
@@ -363,3 +380,5 @@ def test_a_profile_that_prepares_its_data_trains_on_the_prepared_copy(tmp_path):
     assert copy_settings(copy).prepare == "retina" and copy_settings(copy).size == 48
     assert json.loads((out / "results.json").read_text())["data"] == str(copy)
     assert "prepared as retina at 48 px" in result.stdout
+    index = (out / "report" / "index.html").read_text()  # names the data given, and the copy the runs read
+    assert f"data <code>{photos.resolve()}</code>" in index and f"prepared copy <code>{copy}</code>" in index

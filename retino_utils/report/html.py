@@ -20,6 +20,7 @@ from retino_utils.errors import RetinoError
 from retino_utils.evaluation.record import RunRecord
 from retino_utils.evaluation.results import figure_columns, kept_epoch_label
 from retino_utils.models.imagenet import imagenet_weights_file
+from retino_utils.train.config import TrainConfig
 
 WHOLE_TABLES = (" table { display: table !important; overflow: visible !important; width: auto !important; "
                 "max-width: 100% !important; font-size: 6.5pt !important; } th, td { padding: 1px 3px !important; "
@@ -70,6 +71,13 @@ def _differences_box(differences: Sequence[str]) -> str:
             f"reports' GPU settings as follows; read its figures with that in mind.</p><ul>{items}</ul></div>")
 
 
+def _prepared_note(ctx) -> str:
+    """Where the profile trains on a prepared copy of the data given, which copy (the data line names the given)."""
+    if ctx.source_dir is None:
+        return ""
+    return f"(the runs read its prepared copy <code>{html.escape(str(ctx.data_dir))}</code>) "
+
+
 def _missing_banner(results: dict) -> str:
     missing = {n: r for n, r in results["runs"].items() if r["status"] != "done"}
     if not missing:
@@ -92,10 +100,10 @@ def _summary_table(results: dict) -> str:
     rows = []
     for name, run in results["runs"].items():
         metrics = run.get("metrics")
-        settings = run["settings"]
-        row = {"run": name, "groups": ", ".join(run["groups"]), "arch": settings.get("arch"),
-               "weights": settings.get("weights") or "none", "loss": settings.get("loss"),
-               "sampler": settings.get("sampler"), "status": run["status"]}
+        settings = TrainConfig.from_settings(run["settings"])  # a setting left out shows its default, not a blank
+        row = {"run": name, "groups": ", ".join(run["groups"]), "arch": settings.arch,
+               "weights": settings.weights or "none", "loss": settings.loss, "sampler": settings.sampler,
+               "status": run["status"]}
         if metrics:
             record = RunRecord.from_dict(metrics, f"results.json (run {name})")
             row.update({"kept epoch": kept_epoch_label(record.best_epoch, record.select_on),
@@ -165,8 +173,8 @@ def render_report(ctx, steps: Sequence, results: dict, index_figures: Sequence[S
 <html lang="en"><head><meta charset="utf-8"><title>retino report ({html.escape(ctx.profile)})</title>
 <style>{STYLE}</style></head><body>
 <h1>Diabetic retinopathy grading with ResNets</h1>
-<p class="meta">profile <b>{html.escape(ctx.profile)}</b> &middot; data <code>{html.escape(str(ctx.data_dir))}</code>
-&middot; generated {html.escape(results['generated'])}</p>
+<p class="meta">profile <b>{html.escape(ctx.profile)}</b> &middot; data <code>{html.escape(str(ctx.given_data))}</code>
+{_prepared_note(ctx)}&middot; generated {html.escape(results['generated'])}</p>
 {_differences_box(differences)}
 {_missing_banner(results)}
 <h2>Runs</h2>
