@@ -64,7 +64,7 @@ def study_variants(wanted) -> list[str]:
     Only the direct reference is added (``retina+jpeg`` brings ``retina``, not ``graham`` too): a lever's
     study does not retrain what the preparation's study already judged.
     """
-    needed = {name for name in wanted} | {VARIANTS[name].versus for name in wanted if VARIANTS[name].versus}
+    needed = set(wanted) | {VARIANTS[name].versus for name in wanted}
     return [name for name in VARIANTS if name in needed]
 
 

@@ -78,14 +78,19 @@ def _prepared_note(ctx) -> str:
     return f"(the runs read its prepared copy <code>{html.escape(str(ctx.data_dir))}</code>) "
 
 
+def _run_config(run: dict) -> TrainConfig:
+    """What the run trains with: a setting its entry leaves out is the recipe's or the default, never a blank."""
+    return TrainConfig.from_settings(run["settings"])
+
+
 def _missing_banner(results: dict) -> str:
     missing = {n: r for n, r in results["runs"].items() if r["status"] != "done"}
     if not missing:
         return ""
     items = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(r['message'] or r['status'])}</li>"
                     for n, r in missing.items())
-    weights = sorted({str(imagenet_weights_file(r["settings"]["arch"])) for r in missing.values()
-                      if r["settings"].get("weights") == "imagenet"})
+    configs = [_run_config(r) for r in missing.values()]
+    weights = sorted({str(imagenet_weights_file(c.arch)) for c in configs if c.weights == "imagenet"})
     how = ""
     if weights:
         files = "".join(f"<li><code>{html.escape(w)}</code></li>" for w in weights)
@@ -100,7 +105,7 @@ def _summary_table(results: dict) -> str:
     rows = []
     for name, run in results["runs"].items():
         metrics = run.get("metrics")
-        settings = TrainConfig.from_settings(run["settings"])  # a setting left out shows its default, not a blank
+        settings = _run_config(run)
         row = {"run": name, "groups": ", ".join(run["groups"]), "arch": settings.arch,
                "weights": settings.weights or "none", "loss": settings.loss, "sampler": settings.sampler,
                "status": run["status"]}
