@@ -27,7 +27,7 @@ import numpy as np
 
 from retino_utils.errors import RetinoError, run_cli
 from retino_utils.evaluation.results import load_run, signed_interval, with_interval
-from retino_utils.evaluation.uncertainty import FIGURES, figures, intervals, paired_difference, patient_groups
+from retino_utils.evaluation.uncertainty import FIGURES, fold_figures, intervals, paired_difference, patient_groups
 from retino_utils.models.losses.ordinal import frequency_thresholds, scores_to_grades, tune_thresholds
 from retino_utils.predict.predictor import Predictor
 from retino_utils.train.cli import fit
@@ -104,15 +104,19 @@ class ValidationGrader:
 
 
 def summarise(label: str, measured: dict, base: dict | None, n_resamples: int) -> dict:
+    """Figures, intervals and the paired difference to ``base``; rows with a ``folds`` entry (cross-validation)
+    are scored per fold and averaged (``fold_figures``)."""
     y, grades, scores, names = measured["labels"], measured["grades"], measured["scores"], measured["names"]
-    point = dict(zip(FIGURES, figures(y, grades, scores)))
-    spans = intervals(y, grades, scores, names, n_resamples=n_resamples)
+    folds = measured.get("folds")
+    point = dict(zip(FIGURES, fold_figures(y, grades, scores, folds)))
+    spans = intervals(y, grades, scores, names, n_resamples=n_resamples, folds=folds)
     row = {"label": label, **{k: float(point[k]) for k in ("accuracy", "qwk", "macro_f1", "referable_auc")},
            "qwk_interval": spans["qwk"], "auc_interval": spans["referable_auc"]}
     if base is not None:
-        if list(base["names"]) != list(names):
+        if list(base["names"]) != list(names) or not np.array_equal(base.get("folds", []), measured.get("folds", [])):
             raise RetinoError(f"{label}: its validation photos differ from the base's; no paired difference")
-        diff = paired_difference(y, grades, base["grades"], scores, base["scores"], names, n_resamples=n_resamples)
+        diff = paired_difference(y, grades, base["grades"], scores, base["scores"], names, n_resamples=n_resamples,
+                                 folds=folds)
         row["qwk_difference"] = diff["qwk"]
         row["auc_difference"] = diff["referable_auc"]
     return row

@@ -16,6 +16,12 @@ scaled to one spread inside the retina; ``green``, the green channel's), then ro
 
     python benchmarks/transfer_levers.py                           # every variant; hours on a 2-core CPU
     python benchmarks/transfer_levers.py --only graham retina --device cuda
+    python benchmarks/transfer_levers.py --only retina+blur --folds 3   # 3-fold CV: internal view on every training photo
+
+With ``--folds K`` the internal view is k-fold cross-validation over the training patients (``TrainConfig``'s
+``folds``/``fold``): each variant is trained K times, each photo of the training split is graded by the run that
+held it out, every figure is the mean of the folds' figures (each fold's model scored among its own photos) and
+the bootstrap resamples patients across all folds; the external photos are graded by all K runs.
 
 Runs are kept under ``--out``: an interrupted study resumes, a finished one reprints its table.
 """
@@ -25,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+
+import numpy as np
 
 from retino_utils.errors import RetinoError, run_cli
 from retino_utils.evaluation.results import load_run, signed_interval, with_interval
@@ -68,9 +76,14 @@ def study_variants(wanted) -> list[str]:
     return [name for name in VARIANTS if name in needed]
 
 
-def variant_config(name: str, args) -> TrainConfig:
+def variant_config(name: str, args, fold: int | None = None) -> TrainConfig:
+    """The variant's training config; with ``--folds``, the run that validates on ``fold``."""
     variant = VARIANTS[name]
     settings = dict(variant.settings)
+    out = args.out / name
+    if fold is not None:
+        settings.update(folds=args.folds, fold=fold)
+        out = args.out / f"{args.folds}-folds" / name / f"fold{fold}"
     if args.image_size:  # a quicker screen: one size throughout
         settings.update(image_size=args.image_size)
     if args.epochs:
@@ -78,7 +91,7 @@ def variant_config(name: str, args) -> TrainConfig:
     if args.smoke:
         settings.update(epochs=2, image_size=32, batch_size=8, bootstrap=50)
     photos = prepared_copy(args, variant.prepare)
-    return TrainConfig.with_recipe("best-cpu", data=str(photos), out=str(args.out / name), seed=args.seed,
+    return TrainConfig.with_recipe("best-cpu", data=str(photos), out=str(out), seed=args.seed,
                                    progress=args.progress, resume=True, device=args.device, **settings)
 
 
@@ -89,20 +102,35 @@ def external_scores(config: TrainConfig, external: Path) -> dict:
             "labels": table["true_grade"].to_numpy(), "names": table["name"].tolist()}
 
 
+def stacked(parts: list[dict]) -> dict:
+    """The folds' scores of one variant as one set, each row tagged with its fold (``summarise`` scores
+    each fold's rows among themselves and averages)."""
+    if len(parts) == 1:
+        return parts[0]
+    joined = {key: np.concatenate([part[key] for part in parts]) for key in ("scores", "grades", "labels")}
+    return {**joined, "names": [name for part in parts for name in part["names"]],
+            "folds": np.concatenate([np.full(len(part["labels"]), fold) for fold, part in enumerate(parts)])}
+
+
 def run(args) -> dict:
     start = time.perf_counter()
     names = study_variants(args.only or VARIANTS)
     external = args.data if args.smoke else args.external  # smoke: the synthetic photos, raw, stand in
     if not external.is_dir():
         raise RetinoError(f"no external set at {external}: pass --external DIR (clinical-ext-dev)")
+    folds = list(range(args.folds)) if args.folds else [None]
     internal, outside, minutes = {}, {}, {}
     for name in names:
-        variant, config = VARIANTS[name], variant_config(name, args)
-        print(f"\n== {name}: {variant.label} -> {config.out}", flush=True)
-        fit(config)
-        internal[name] = ValidationGrader(config).scores(frequencies=True)
-        outside[name] = external_scores(config, external)
-        minutes[name] = float(load_run(config.out).history["seconds"].sum() / 60)
+        inside_parts, outside_parts, minutes[name] = [], [], 0.0
+        for fold in folds:
+            variant, config = VARIANTS[name], variant_config(name, args, fold)
+            print(f"\n== {name}{'' if fold is None else f' (fold {fold} of {args.folds})'}: {variant.label} -> "
+                  f"{config.out}", flush=True)
+            fit(config)
+            inside_parts.append(ValidationGrader(config).scores(frequencies=True))
+            outside_parts.append(external_scores(config, external))
+            minutes[name] += float(load_run(config.out).history["seconds"].sum() / 60)
+        internal[name], outside[name] = stacked(inside_parts), stacked(outside_parts)
     rows = {}
     for name in names:
         variant = VARIANTS[name]
@@ -112,18 +140,22 @@ def run(args) -> dict:
                       **{view: summarise(variant.label, scores[name], scores.get(reference), args.resamples)
                          for view, scores in (("internal", internal), ("external", outside))}}
     return {"data": str(args.data), "external": str(external), "recipe": "best-cpu", "variants": rows,
-            "overrides": {"image_size": args.image_size, "epochs": args.epochs},
+            "overrides": {"image_size": args.image_size, "epochs": args.epochs}, "folds": args.folds,
             "validation_photos": len(next(iter(internal.values()))["labels"]),
-            "external_photos": len(next(iter(outside.values()))["labels"]),
+            "external_photos": len(next(iter(outside.values()))["labels"]) // len(folds),
             "minutes": (time.perf_counter() - start) / 60}
 
 
 def print_table(results: dict) -> None:
     overrides = ", ".join(f"{k} {v}" for k, v in results["overrides"].items() if v) or "none"
-    print(f"\n--recipe best-cpu (overridden: {overrides}) on {results['data']}; internal: its validation split "
-          f"({results['validation_photos']} photos, cut at the training grade frequencies); external: "
-          f"{results['external']} ({results['external_photos']} photos, graded as predict --preprocess does); the "
-          f"test split is not read; "
+    folds = results.get("folds")
+    internal = (f"each of {folds} folds of the training patients graded by the run that did not train on it "
+                f"({results['validation_photos']} photos in all" if folds else
+                f"its validation split ({results['validation_photos']} photos")
+    external = f"; each figure the mean of the {folds} folds' runs" if folds else ""
+    print(f"\n--recipe best-cpu (overridden: {overrides}) on {results['data']}; internal: {internal}, cut at the "
+          f"training grade frequencies); external: {results['external']} ({results['external_photos']} photos, "
+          f"graded as predict --preprocess does){external}; the test split is not read; "
           f"{results['minutes']:.1f} minutes in all. vs: paired difference to the variant named")
     print(f"{'':<22}{'view':<10}{'min':>6} {'QWK':>22} {'vs':>24} {'referable AUC':>22} {'vs':>24}")
     for name, row in results["variants"].items():
@@ -148,6 +180,10 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (and the one each is compared with)")
     parser.add_argument("--image-size", type=int, help="train at this one size instead of the recipe's schedule")
     parser.add_argument("--epochs", type=int, help="instead of the recipe's 40")
+    parser.add_argument("--folds", type=int, default=0,
+                        help="k-fold cross-validation over the training patients: each variant trained once per "
+                             "fold, judged on every training photo by the run that did not train on it (0 = the "
+                             "validation split only)")
     return run_on_real_data(parse_study(parser, argv), run, print_table)
 
 

@@ -15,6 +15,8 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 from retino_utils.data import SPLITS, read_split
 from retino_utils.evaluation.results import signed_interval
 from retino_utils.paths import REPO_ROOT
+from retino_utils.train.config import TrainConfig
+from retino_utils.train.loaders import read_splits
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
 
@@ -188,3 +190,29 @@ def test_transfer_levers_smoke(tmp_path):
     assert yaml.safe_load((tmp_path / "runs" / "retina+jpeg" / "config.yaml").read_text())["jpeg"] == 30
     for key in ("qwk_difference", "auc_difference"):  # the printed table shows both paired differences
         assert signed_interval(variants["retina+jpeg"]["external"][key]) in result.stdout
+
+
+@pytest.mark.slow
+def test_transfer_levers_cross_validated_judges_every_training_photo_once(tmp_path):
+    """With --folds each variant trains once per fold; each training photo is graded by the run that held it out."""
+    out = tmp_path / "folds.json"
+    result = run_benchmark("transfer_levers.py", "--smoke", "--only", "retina+jpeg", "--folds", "2", "--out",
+                           tmp_path / "runs", "--json", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["folds"] == 2 and list(results["variants"]) == ["retina", "retina+jpeg"]
+    held_out = []
+    for fold in range(2):
+        run = tmp_path / "runs" / "2-folds" / "retina+jpeg" / f"fold{fold}"
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert (config["folds"], config["fold"], config["jpeg"]) == (2, fold, 30)
+        held_out += read_splits(TrainConfig.from_dict(config))[1].names
+    trained_on = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    assert sorted(held_out) == sorted(read_split(trained_on, "train").names)
+    assert results["validation_photos"] == len(held_out)
+    assert results["external_photos"] == sum(len(read_split(results["external"], split)) for split in SPLITS)
+    row = results["variants"]["retina+jpeg"]
+    for view in ("internal", "external"):
+        low, high = row[view]["qwk_interval"]
+        assert low <= row[view]["qwk"] <= high and "qwk_difference" in row[view]
+    assert "each of 2 folds" in result.stdout

@@ -10,6 +10,7 @@ from retino_utils.evaluation.uncertainty import (
     FIGURES,
     bootstrap,
     figures,
+    fold_figures,
     intervals,
     paired_difference,
     patient_groups,
@@ -103,3 +104,28 @@ def test_paired_difference():
 def test_auc_is_undefined_with_one_class():
     assert np.isnan(uncertainty.auc(np.ones(5, dtype=bool), np.arange(5.0)))
     assert np.isnan(uncertainty.auc(np.zeros(5, dtype=bool), None))
+
+
+def test_cross_validated_figures_are_the_folds_mean_never_a_pooled_score():
+    y_true, y_pred, score = sample(600, seed=6)
+    folds = np.arange(600) % 3
+    shifted = score + 10.0 * folds  # each fold's model on its own scale: pooling their scores would mix them
+    got = dict(zip(FIGURES, fold_figures(y_true, y_pred, shifted, folds)))
+    per_fold = [(skm.cohen_kappa_score(y_true[folds == f], y_pred[folds == f], labels=range(5), weights="quadratic"),
+                 skm.roc_auc_score(y_true[folds == f] >= 2, score[folds == f])) for f in range(3)]
+    assert got["qwk"] == pytest.approx(np.mean([qwk for qwk, _ in per_fold]))
+    assert got["referable_auc"] == pytest.approx(np.mean([auc for _, auc in per_fold]))
+    assert got["referable_auc"] != pytest.approx(skm.roc_auc_score(y_true >= 2, shifted), abs=0.02)
+    difference = paired_difference(y_true, y_pred, y_true, shifted, shifted, folds=folds, n_resamples=100)["qwk"]
+    assert difference["difference"] == pytest.approx(got["qwk"] - 1.0)
+
+
+def test_a_photo_graded_by_every_fold_is_resampled_with_all_its_rows():
+    """Three folds' models that agree on 200 external photos: the same intervals as one model's."""
+    y_true, y_pred, score = sample(200, seed=7)
+    names = [f"{i}_left" for i in range(200)]
+    once = intervals(y_true, y_pred, score, names, n_resamples=200)
+    stacked = intervals(np.tile(y_true, 3), np.tile(y_pred, 3), np.tile(score, 3), names * 3, n_resamples=200,
+                        folds=np.repeat(np.arange(3), 200))
+    for figure in ("accuracy", "qwk", "referable_auc"):
+        assert stacked[figure] == pytest.approx(once[figure])

@@ -32,6 +32,36 @@ def test_validation_split_is_carved_from_training_patients(tiny_dataset):
     assert test.names == read_split(tiny_dataset, "test").names
 
 
+def test_k_folds_hold_out_every_training_patient_exactly_once(tiny_dataset):
+    full = read_split(tiny_dataset, "train")
+    held_by = {}
+    for fold in range(3):
+        train, val, test = read_splits(config_for(tiny_dataset, "unused", folds=3, fold=fold))
+        assert set(train.names) | set(val.names) == set(full.names) and not set(train.names) & set(val.names)
+        assert not {patient_of(n) for n in train.names} & {patient_of(n) for n in val.names}
+        assert test.names == read_split(tiny_dataset, "test").names
+        held_by.update({name: fold for name in val.names})
+    assert sorted(held_by) == sorted(full.names)  # each photo validated by one fold only
+    # Stratified: in every grade (a patient's worst), the folds' patient counts differ by at most one.
+    worst = {}
+    for name, label in zip(full.names, full.labels.tolist()):
+        worst[patient_of(name)] = max(worst.get(patient_of(name), label), label)
+    per_fold = np.zeros((3, 5), dtype=int)
+    for patient, grade in worst.items():
+        folds = {held_by[n] for n in full.names if patient_of(n) == patient}
+        assert len(folds) == 1  # both eyes in one fold
+        per_fold[folds.pop(), grade] += 1
+    assert (per_fold.max(0) - per_fold.min(0) <= 1).all() and np.ptp(per_fold.sum(1)) <= 1
+
+
+def test_a_fold_outside_the_folds_is_refused_in_one_line(tiny_dataset, tmp_path):
+    for bad, message in (({"folds": 3, "fold": 3}, "fold 3 of 3 folds"), ({"folds": 1}, "fold 0 of 1 folds"),
+                         ({"fold": 2}, "fold 2 needs --folds")):
+        with pytest.raises(RetinoError, match=message):
+            config_for(tiny_dataset, tmp_path, **bad)
+    config_for(tiny_dataset, tmp_path, folds=5, fold=4, val_fraction=0.0)  # a fold validates: no share needed
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize("select_on, column", [("validation", "val_acc"), ("test", "test_acc")])
 def test_the_kept_epoch_is_chosen_on_the_named_split(tiny_dataset, tmp_path, select_on, column):

@@ -541,6 +541,14 @@ def _stem(name: str) -> str:
     return name[: -len(Path(name).suffix)] if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
 
 
+def worst_grades(groups: Sequence[str], labels: Sequence[int]) -> dict[str, int]:
+    """Each group's (patient's) worst grade: what the splits stratify on, so a patient keeps both eyes."""
+    worst: dict[str, int] = {}
+    for group, label in zip(groups, labels):
+        worst[group] = max(worst.get(group, label), label)
+    return worst
+
+
 def stratified_group_split(
     groups: Sequence[str], labels: Sequence[int], test_fraction: float, seed: int
 ) -> np.ndarray:
@@ -553,9 +561,7 @@ def stratified_group_split(
     """
     if not 0.0 < test_fraction < 1.0:
         raise RetinoError(f"test_fraction {test_fraction} must be between 0 and 1 (e.g. 0.2)")
-    worst: dict[str, int] = {}
-    for group, label in zip(groups, labels):
-        worst[group] = max(worst.get(group, label), label)
+    worst = worst_grades(groups, labels)
     strata: dict[int, list[str]] = {}
     for group, grade in worst.items():
         strata.setdefault(grade, []).append(group)
@@ -576,6 +582,25 @@ def holdout_split(index: SplitIndex, fraction: float, seed: int = 0) -> tuple[np
     like the Kaggle test side (both eyes of a patient stay together)."""
     groups = [patient_of(name) for name in index.names]
     held = stratified_group_split(groups, index.labels.tolist(), fraction, seed)
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def fold_split(index: SplitIndex, folds: int, fold: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(kept, held_out)`` holding out fold ``fold`` of ``folds`` over a split's patients.
+
+    Patients are stratified on their worst grade and dealt out in turn, in the same sha256 order as
+    ``stratified_group_split`` (the same on every machine), so every patient is held out by exactly one
+    fold, both eyes together, and the folds' sizes and grade mixes differ by at most one patient.
+    """
+    if not 2 <= folds or not 0 <= fold < folds:
+        raise RetinoError(f"fold {fold} of {folds} folds: give folds >= 2 and a fold in [0, {folds - 1}]")
+    groups = [patient_of(name) for name in index.names]
+    worst = worst_grades(groups, index.labels.tolist())
+    order = sorted(worst, key=lambda group: (worst[group], hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()))
+    if len(order) < folds:
+        raise RetinoError(f"{len(order)} patients cannot fill {folds} folds: give fewer folds")
+    held_groups = set(order[fold::folds])
+    held = np.array([group in held_groups for group in groups], dtype=bool)
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 

@@ -82,10 +82,16 @@ def _training_data(config: dict, metrics: RunRecord) -> str:
         "## Training data\n",
         f"`{config.get('data')}` ({'prepared as ' + repr(prepared) + ' by `data preprocess`' if prepared else 'photos as they are'}; "
         f"layout {config.get('layout')}, data fingerprint {metrics.data_fingerprint or 'not recorded'}). "
-        f"The validation split ({config.get('val_fraction')} of the training patients) chose the checkpoint, the "
+        f"The validation split ({_validation_share(config)}) chose the checkpoint, the "
         f"cut points and the screening threshold; the test split was scored once.\n",
         *rows,
     ])
+
+
+def _validation_share(config: dict) -> str:
+    if config.get("folds"):
+        return f"fold {config.get('fold')} of {config['folds']} over the training patients"
+    return f"{config.get('val_fraction')} of the training patients"
 
 
 def _evaluation(metrics: RunRecord) -> str:

@@ -51,6 +51,19 @@ def figures(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray | None = N
                      *sensitivity_specificity(y_true, y_pred >= REFERABLE_GRADE)])
 
 
+def fold_figures(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray | None, folds: np.ndarray | None
+                 ) -> np.ndarray:
+    """``figures`` of each fold's rows, averaged over the folds (cross-validation: each fold's model has
+    its own scale and cut points, so its rows are scored among themselves, never pooled with another's)."""
+    if folds is None:
+        return figures(y_true, y_pred, score)
+    per_fold = [figures(y_true[folds == f], y_pred[folds == f], None if score is None else score[folds == f])
+                for f in np.unique(folds)]
+    with warnings.catch_warnings():  # a figure undefined in every fold stays NaN
+        warnings.simplefilter("ignore")
+        return np.nanmean(per_fold, axis=0)
+
+
 def sensitivity_specificity(y_true: np.ndarray, refer: np.ndarray) -> np.ndarray:
     """Of a referral decision per photo, against referable DR (grade 2 or worse); NaN without such photos."""
     positive = y_true >= REFERABLE_GRADE
@@ -107,27 +120,36 @@ def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups: np.ndarray,
 
 
 def intervals(y_true, y_pred, score=None, names: Sequence[str] | None = None, n_resamples: int = N_RESAMPLES,
-              seed: int = 0) -> dict[str, list[float | None]]:
-    """``{figure: [low, high]}`` for every figure in ``FIGURES`` (None where undefined), JSON-ready."""
+              seed: int = 0, folds: Sequence[int] | None = None) -> dict[str, list[float | None]]:
+    """``{figure: [low, high]}`` for every figure in ``FIGURES`` (None where undefined), JSON-ready.
+
+    ``folds``: each row's cross-validation fold; the figures are then the folds' mean (``fold_figures``),
+    and a photo graded by every fold's model (an external set) is resampled with all of its rows."""
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     score = None if score is None else np.asarray(score, dtype=np.float64)
+    folds = None if folds is None else np.asarray(folds)
     groups = patient_groups(names) if names is not None else np.arange(len(y_true))
-    low, high = bootstrap(lambda idx: figures(y_true[idx], y_pred[idx], None if score is None else score[idx]),
+    low, high = bootstrap(lambda idx: fold_figures(y_true[idx], y_pred[idx], None if score is None else score[idx],
+                                                   None if folds is None else folds[idx]),
                           groups, n_resamples, seed)
     return {name: [json_float(lo), json_float(hi)] for name, lo, hi in zip(FIGURES, low, high)}
 
 
 def paired_difference(y_true, pred_a, pred_b, score_a=None, score_b=None, names: Sequence[str] | None = None,
-                      n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, dict]:
-    """``{figure: {"difference": a - b, "interval": [low, high]}}`` for two runs on the same photos."""
+                      n_resamples: int = N_RESAMPLES, seed: int = 0,
+                      folds: Sequence[int] | None = None) -> dict[str, dict]:
+    """``{figure: {"difference": a - b, "interval": [low, high]}}`` for two runs on the same photos
+    (``folds`` as in ``intervals``: the same folds on both sides)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     pred_a, pred_b = np.asarray(pred_a, dtype=np.int64), np.asarray(pred_b, dtype=np.int64)
     score_a = None if score_a is None else np.asarray(score_a, dtype=np.float64)
     score_b = None if score_b is None else np.asarray(score_b, dtype=np.float64)
+    folds = None if folds is None else np.asarray(folds)
 
     def difference(idx: np.ndarray) -> np.ndarray:
-        return (figures(y_true[idx], pred_a[idx], None if score_a is None else score_a[idx])
-                - figures(y_true[idx], pred_b[idx], None if score_b is None else score_b[idx]))
+        fold = None if folds is None else folds[idx]
+        return (fold_figures(y_true[idx], pred_a[idx], None if score_a is None else score_a[idx], fold)
+                - fold_figures(y_true[idx], pred_b[idx], None if score_b is None else score_b[idx], fold))
 
     groups = patient_groups(names) if names is not None else np.arange(len(y_true))
     point = difference(np.arange(len(y_true)))

@@ -101,6 +101,9 @@ class TrainConfig:
     split_seed: int = setting(0, "seed of the held-out splits (validation, and test where the layout has none)")
     val_fraction: float = setting(0.1, "share of the training patients held out for validation, stratified by "
                                   "grade: it picks the kept checkpoint, the cut points and the screening thresholds")
+    folds: int = setting(0, "k-fold cross-validation: split the training patients into this many folds (stratified "
+                         "by grade) and validate on one of them instead of val_fraction (0 = off)")
+    fold: int = setting(0, "the fold held out for validation when folds is set (0 to folds - 1)")
     select_on: Literal["validation", "test"] = setting(
         "validation", "split that picks the kept checkpoint (test = the reports' optimistic choice, labelled so)")
     bootstrap: int = setting(2000, "bootstrap resamples for the 95%% intervals in metrics.json (0 = none)")
@@ -151,7 +154,12 @@ class TrainConfig:
             raise RetinoError(f"fe_epochs must be between 0 and epochs ({self.epochs}), got {self.fe_epochs}")
         if not 0 <= self.val_fraction < 1:
             raise RetinoError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.val_fraction == 0 and self.select_on == "validation" and self.best_metric != "last":
+        if self.folds and not (self.folds >= 2 and 0 <= self.fold < self.folds):
+            raise RetinoError(f"fold {self.fold} of {self.folds} folds: give folds >= 2 (or 0 = off) and a fold "
+                              f"in [0, {max(self.folds, 2) - 1}]")
+        if self.fold and not self.folds:
+            raise RetinoError(f"fold {self.fold} needs --folds (how many folds the training patients are split into)")
+        if self.val_fraction == 0 and not self.folds and self.select_on == "validation" and self.best_metric != "last":
             raise RetinoError("select_on validation needs a validation split: give --val-fraction (e.g. 0.1), "
                               "or keep the last epoch (--best-metric last)")
         if self.bootstrap < 0:

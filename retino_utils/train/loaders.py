@@ -19,7 +19,7 @@ class RunData:
     """The splits of a run and their batch iterators; ``val`` is carved from the training split."""
 
     train: "data.SplitIndex"
-    val: "data.SplitIndex | None"  # None when val_fraction is 0
+    val: "data.SplitIndex | None"  # None when val_fraction is 0 and no folds are set
     test: "data.SplitIndex"
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -38,14 +38,17 @@ class RunData:
 
 
 def read_splits(config: TrainConfig) -> tuple["data.SplitIndex", "data.SplitIndex | None", "data.SplitIndex"]:
-    """Train, validation (a stratified share of the training patients, or None) and test."""
+    """Train, validation (a stratified share or fold of the training patients, or None) and test."""
     kwargs = dict(layout=config.layout, test_fraction=config.test_fraction, split_seed=config.split_seed,
                   skip_bad=config.skip_bad)
     train = data.open_dataset(config.data, "train", **kwargs).index
     test = data.open_dataset(config.data, "test", **kwargs).index
     check_disjoint(train, test)
     val = None
-    if config.val_fraction > 0:
+    if config.folds:
+        keep, held = data.fold_split(train, config.folds, config.fold, seed=config.split_seed)
+        train, val = train.subset(keep), train.subset(held)
+    elif config.val_fraction > 0:
         keep, held = data.holdout_split(train, config.val_fraction, seed=config.split_seed)
         train, val = train.subset(keep), train.subset(held)
     for split_name, index in (("train", train), ("validation", val), ("test", test)):
