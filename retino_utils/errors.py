@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
+
+# Set by Ctrl-C under run_cli. CPython swallows an exception raised while a finalizer (``__del__``, a
+# generator's ``finally`` during garbage collection) runs, so the KeyboardInterrupt itself can be lost;
+# the flag is not: long loops call ``stop_if_interrupted`` and run_cli checks it when ``main`` returns.
+_interrupted = threading.Event()
+
+
+def stop_if_interrupted() -> None:
+    """Raise KeyboardInterrupt where Ctrl-C was pressed but its exception was swallowed on the way."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
+
+
+def _on_interrupt(signum, frame) -> None:
+    _interrupted.set()
+    raise KeyboardInterrupt
 
 
 class RetinoError(Exception):
@@ -36,8 +54,12 @@ def run_cli(
 
     ``on_interrupt`` says what to run to continue after Ctrl-C (default: the same command).
     """
+    _interrupted.clear()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_interrupt) if in_main_thread else None
     try:
         status = main(argv)
+        stop_if_interrupted()  # finished although Ctrl-C was pressed: it still must not pass as a clean exit
     except RetinoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -45,4 +67,7 @@ def run_cli(
         print(f"interrupted: {on_interrupt() if on_interrupt else 'rerun the same command to resume'}",
               file=sys.stderr)
         sys.exit(130)
+    finally:
+        if previous is not None:  # None: not ours to restore (another thread, or a handler set outside Python)
+            signal.signal(signal.SIGINT, previous)
     sys.exit(status or 0)

@@ -14,7 +14,8 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
 from retino_utils.data import detect_layout, read_split
 from retino_utils.errors import RetinoError
-from retino_utils.evaluation.results import load_run
+from retino_utils.evaluation.record import RECORD_VERSION, RecordError
+from retino_utils.evaluation.results import external_records, load_run
 from retino_utils.evaluation.uncertainty import FIGURES, intervals, unpaired_difference
 from retino_utils.predict.external import every_photo, external_sets, record, validate
 from retino_utils.synthetic import generate_dataset
@@ -155,6 +156,30 @@ def test_an_unreadable_photo_stops_the_external_set_with_one_line(second_camera,
     open(name, "wb").write(b"not a jpeg")
     with pytest.raises(RetinoError, match=rf"^{name}: .*graded whole.*validate"):
         every_photo(copy)
+
+
+def test_a_kept_result_is_versioned_and_a_damaged_or_newer_one_is_refused_in_one_line(trained, second_camera,
+                                                                                    tmp_path):
+    import json
+    import shutil
+
+    run_dir = shutil.copytree(trained, tmp_path / "run")
+    result = validate(load_run(run_dir), "second", second_camera, n_resamples=50)
+    path = record(result)
+    kept = json.loads(path.read_text())
+    assert kept["schema_version"] == RECORD_VERSION and kept["photos"] == len(result.table)
+    [entry] = external_records(run_dir)
+    assert entry.current and entry.record.metrics.qwk == pytest.approx(result.metrics.qwk)
+    assert entry.record.change["referable_auc"] == result.drop["referable_auc"]
+    path.write_text(json.dumps({**kept, "schema_version": RECORD_VERSION + 1}))
+    with pytest.raises(RetinoError, match=rf"^{path} was written by a newer retino"):
+        external_records(run_dir)
+    path.write_text(json.dumps({key: value for key, value in kept.items() if key != "fingerprint"}))
+    with pytest.raises(RecordError, match=rf"^{path} is not a kept external result .*missing fingerprint"):
+        external_records(run_dir)
+    path.write_text(json.dumps(kept)[:80])
+    with pytest.raises(RecordError, match=rf"^{path} is damaged .*the external notebook grades the set again"):
+        external_records(run_dir)
 
 
 def test_a_kept_result_is_quoted_by_the_model_card_until_the_run_or_the_set_changes(trained, second_camera,

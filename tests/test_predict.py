@@ -17,6 +17,7 @@ from PIL import Image
 from retino_utils.data import read_split
 from retino_utils.data.images import load_rgb, square_resize
 from retino_utils.data.preprocess import preprocess_dataset
+from retino_utils.evaluation.record import Scores
 from retino_utils.predict.predictor import Predictor, preparation_note
 from retino_utils.synthetic import generate_dataset, mask_path, render_fundus
 from retino_utils.train.checkpoint import load_checkpoint, save_checkpoint
@@ -55,6 +56,8 @@ def test_predicting_the_test_split_reproduces_the_run(trained, tiny_dataset, tmp
         np.testing.assert_allclose(ours[column], own[column], atol=2e-6)
     scored = json.loads((tmp_path / "grades.metrics.json").read_text())
     metrics = json.loads((trained / "metrics.json").read_text())
+    assert scored["schema_version"] == metrics["schema_version"]  # versioned like the run's record, read back by it
+    assert Scores.from_dict(scored, "grades.metrics.json").qwk == pytest.approx(metrics["qwk"])
     for key in ("accuracy", "qwk", "macro_f1", "referable_auc"):
         assert scored[key] == pytest.approx(metrics[key]), key
     assert scored["intervals"]["accuracy"] == pytest.approx(metrics["intervals"]["accuracy"])

@@ -168,6 +168,22 @@ def test_resume_command_adds_resume_once():
     assert resume_command(["--out", "r", "--resume"]).count("--resume") == 1
 
 
+def test_a_ctrl_c_whose_exception_was_swallowed_still_ends_as_interrupted():
+    """CPython drops an exception raised inside a finalizer: the command must not then pass as finished."""
+    program = ("import os, signal\nfrom retino_utils.errors import run_cli\n"
+               "def main(argv):\n"
+               "    try:\n"
+               "        os.kill(os.getpid(), signal.SIGINT)\n"
+               "        sum(range(10 ** 6))\n"
+               "    except KeyboardInterrupt:\n"
+               "        pass  # swallowed, as in a __del__\n"
+               "    return 0\n"
+               "run_cli(main, [])\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.returncode == 130 and done.stderr.strip() == "interrupted: rerun the same command to resume"
+
+
 @pytest.mark.heavy
 def test_ctrl_c_prints_the_command_that_continues_and_it_does(data, tmp_path):
     out = tmp_path / "run"

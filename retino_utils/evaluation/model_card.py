@@ -131,7 +131,7 @@ def _calibration(metrics: RunRecord) -> str:
 
 def _external(run: RunResult) -> str:
     kept = external_records(run.path)
-    current = [entry for entry in kept if entry["current"]]
+    current = [entry.record for entry in kept if entry.current]
     lines = ["## External validation (other cameras and populations, never trained on)\n"]
     if not current:
         lines.append("None recorded for this run: the figures above are internal only. The report's external "
@@ -145,16 +145,16 @@ def _external(run: RunResult) -> str:
                   "specificity at the validation threshold | ECE |",
                   "|---|---:|---:|---:|---:|---:|---|---:|"]
         for entry in current:
-            m = entry["metrics"]
+            m = entry.metrics
             point, calibration = m.screening.point("target"), m.screening.calibration
             lines.append(
-                f"| {entry['set']} | {entry['photos']} | {with_interval(m.accuracy, m.interval('accuracy'), '.1%')} | "
+                f"| {entry.set} | {entry.photos} | {with_interval(m.accuracy, m.interval('accuracy'), '.1%')} | "
                 f"{with_interval(m.qwk, m.interval('qwk'))} | "
                 f"{with_interval(m.referable_auc, m.interval('referable_auc'))} | "
-                f"{signed_interval(entry['change']['referable_auc'])} | "
+                f"{signed_interval(entry.change['referable_auc'])} | "
                 + (f"{point['sensitivity']:.1%} / {point['specificity']:.1%}" if point else "none") + " | "
                 + (ece_text(calibration["calibrated"]) if calibration else "none") + " |")
-    stale = [entry["set"] for entry in kept if not entry["current"]]
+    stale = [entry.record.set for entry in kept if not entry.current]
     if stale:
         lines.append(f"\nNot shown: the results on {', '.join(stale)}, which graded an earlier state of this run or a "
                      f"set that has changed since; the external notebook grades them again.")

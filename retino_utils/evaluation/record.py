@@ -122,11 +122,39 @@ _NESTED_SCORES = ("validation",)
 RECORD_FILE = "metrics.json"
 
 
+@dataclass(kw_only=True)
+class ExternalRecord:
+    """A run graded on a set of another source (``RUN/external/<set>.json``): which set in which state, which
+    state of the run, and the figures, so a later change to either is seen (``results.external_records``)."""
+
+    schema_version: int = RECORD_VERSION
+    set: str
+    folder: str
+    fingerprint: str  # the set's dataset fingerprint when graded
+    run_state: str  # the digest of the run's metrics.json when graded (results.run_state)
+    photos: int
+    metrics: Scores
+    change: dict[str, dict]  # figure -> {"difference", "interval"}: external minus internal test (unpaired)
+
+    def to_dict(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "metrics": self.metrics.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str) -> "ExternalRecord":
+        values = checked_fields(cls, values, source, "kept external result", RECORD_VERSION, mismatch=RecordError)
+        return cls(**{**values, "metrics": Scores.from_dict(values["metrics"], f"{source} (metrics)")})
+
+
+def read_json_record(path: Path, remedy: str = "score the run again") -> dict:
+    """A record file's JSON; one line naming the file and ``remedy`` where it is damaged."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        where = f" ({error.msg} at line {error.lineno})" if isinstance(error, json.JSONDecodeError) else ""
+        raise RecordError(f"{path} is damaged{where}: {remedy}") from None
+
+
 def read_record(run_dir: str | Path) -> RunRecord:
     """``RUN/metrics.json`` as a ``RunRecord``."""
     path = Path(run_dir) / RECORD_FILE
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise RecordError(f"{path} is damaged ({error.msg} at line {error.lineno}): score the run again") from None
-    return RunRecord.from_dict(values, str(path))
+    return RunRecord.from_dict(read_json_record(path), str(path))

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from retino_utils import GRADE_NAMES, GRADES
 from retino_utils.errors import RetinoError
-from retino_utils.evaluation.record import RECORD_FILE, RunRecord, Scores, Screening, read_record
+from retino_utils.evaluation.record import (
+    RECORD_FILE,
+    ExternalRecord,
+    RunRecord,
+    Scores,
+    Screening,
+    read_json_record,
+    read_record,
+)
 from retino_utils.models.architectures import ARCHITECTURES
 
 
@@ -56,21 +64,26 @@ def run_state(run_dir: str | Path) -> str:
     return hashlib.sha256((Path(run_dir) / RECORD_FILE).read_bytes()).hexdigest()[:16]
 
 
-def external_records(run_dir: str | Path) -> list[dict]:
-    """The external results kept beside a run (their ``metrics`` a ``Scores``), each with ``current``: False where
-    it graded another state of the run or its set has changed (or gone) since, so it must not pass for the run's."""
+class KeptExternal(NamedTuple):
+    record: ExternalRecord
+    current: bool  # False: it graded another state of the run, or its set has changed (or gone) since
+
+
+def external_records(run_dir: str | Path) -> list[KeptExternal]:
+    """The external results kept beside a run, each with whether it is still the run's: one that is not must
+    not pass for it."""
     from retino_utils.data import dataset_fingerprint
 
     found = []
     for path in sorted((Path(run_dir) / EXTERNAL_RECORDS).glob("*.json")):
-        kept = json.loads(path.read_text())
-        folder = Path(kept["folder"])
+        kept = ExternalRecord.from_dict(read_json_record(path, "delete it; the external notebook grades the set "
+                                                               "again"), str(path))
+        folder = Path(kept.folder)
         try:
-            same_set = folder.is_dir() and dataset_fingerprint(folder) == kept["fingerprint"]
+            same_set = folder.is_dir() and dataset_fingerprint(folder) == kept.fingerprint
         except RetinoError:  # the set no longer reads as a dataset
             same_set = False
-        found.append({**kept, "metrics": Scores.from_dict(kept["metrics"], str(path)),
-                      "current": same_set and kept["run_state"] == run_state(run_dir)})
+        found.append(KeptExternal(kept, same_set and kept.run_state == run_state(run_dir)))
     return found
 
 

@@ -39,7 +39,7 @@ from retino_utils.evaluation.results import (
     signed_interval,
     with_interval,
 )
-from retino_utils.evaluation.record import Scores
+from retino_utils.evaluation.record import ExternalRecord, Scores
 from retino_utils.evaluation.screening import SENSITIVITY_TARGET
 from retino_utils.evaluation.uncertainty import N_RESAMPLES, unpaired_difference
 from retino_utils.predict.predictor import EVERY_SPLIT, Predictor, read_inputs, score_against_labels
@@ -126,9 +126,9 @@ def record(result: ExternalResult) -> Path:
     """Keep ``result`` beside its run (``RUN/external/<set>.json``, replacing the set's earlier one) and write the
     run's model card again, which quotes it (``results.external_records`` reads it back)."""
     path = result.run.path / EXTERNAL_RECORDS / f"{result.set_name.replace('/', '__')}.json"
-    write_json(path, {"set": result.set_name, "folder": str(result.folder), "fingerprint": dataset_fingerprint(result.folder),
-                      "run_state": run_state(result.run.path), "photos": len(result.table), "metrics": result.metrics.to_dict(),
-                      "change": result.drop})
+    write_json(path, ExternalRecord(set=result.set_name, folder=str(result.folder),
+                                    fingerprint=dataset_fingerprint(result.folder), run_state=run_state(result.run.path),
+                                    photos=len(result.table), metrics=result.metrics, change=result.drop).to_dict())
     write_model_card(result.run.path)
     return path
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from retino_utils import NUM_CLASSES
-from retino_utils.errors import RetinoError
+from retino_utils.errors import RetinoError, stop_if_interrupted
 from retino_utils.evaluation import screening
 from retino_utils.evaluation.calibration import calibration_report, fit_calibrator
 from retino_utils.evaluation.eyes import fuse_eyes
@@ -187,6 +187,7 @@ def _train_locked(config, device, ctx, folder: RunFolder, on_epoch_end) -> pd.Da
 
     column, phase, first = selection_column(config), None, progress.next_epoch
     for epoch in range(first, config.epochs + 1):
+        stop_if_interrupted()
         data = sized.at(config.size_at(epoch))
         if _phase(config, epoch) != phase:
             phase = _phase(config, epoch)
