@@ -206,6 +206,7 @@ def test_transfer_levers_cross_validated_judges_every_training_photo_once(tmp_pa
         run = tmp_path / "runs" / "2-folds" / "retina+jpeg" / f"fold{fold}"
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert (config["folds"], config["fold"], config["jpeg"]) == (2, fold, 30)
+        assert f"validation split (fold {fold} of 2 over the training patients)" in (run / "model_card.md").read_text()
         held_out += read_splits(TrainConfig.from_dict(config))[1].names
     trained_on = yaml.safe_load((run / "config.yaml").read_text())["data"]
     assert sorted(held_out) == sorted(read_split(trained_on, "train").names)
