@@ -121,9 +121,9 @@ def run(args) -> dict:
     folds = list(range(args.folds)) if args.folds else [None]
     internal, outside, minutes = {}, {}, {}
     for name in names:
-        inside_parts, outside_parts, minutes[name] = [], [], 0.0
+        variant, inside_parts, outside_parts, minutes[name] = VARIANTS[name], [], [], 0.0
         for fold in folds:
-            variant, config = VARIANTS[name], variant_config(name, args, fold)
+            config = variant_config(name, args, fold)
             print(f"\n== {name}{'' if fold is None else f' (fold {fold} of {args.folds})'}: {variant.label} -> "
                   f"{config.out}", flush=True)
             fit(config)

@@ -57,8 +57,8 @@ def fold_figures(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray | Non
     its own scale and cut points, so its rows are scored among themselves, never pooled with another's)."""
     if folds is None:
         return figures(y_true, y_pred, score)
-    per_fold = [figures(y_true[folds == f], y_pred[folds == f], None if score is None else score[folds == f])
-                for f in np.unique(folds)]
+    masks = [folds == f for f in np.unique(folds)]  # once per fold: this runs in every bootstrap resample
+    per_fold = [figures(y_true[m], y_pred[m], None if score is None else score[m]) for m in masks]
     with warnings.catch_warnings():  # a figure undefined in every fold stays NaN
         warnings.simplefilter("ignore")
         return np.nanmean(per_fold, axis=0)
