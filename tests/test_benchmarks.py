@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 from retino_utils.data import SPLITS, read_split
 from retino_utils.evaluation.results import signed_interval
 from retino_utils.paths import REPO_ROOT
-from retino_utils.train.config import TrainConfig
+from retino_utils.train.config import RECIPES, TrainConfig
 from retino_utils.train.loaders import read_splits
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
@@ -93,7 +93,15 @@ def test_real_data_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "majority grade" in result.stdout and "best-cpu" in result.stdout
     figures = json.loads(out.read_text())
-    assert set(figures["runs"]) == {"reports", "best-cpu", "best-cpu-graham", "best-cpu-retina"}
+    assert set(figures["runs"]) == {"reports", "best-cpu", "best-cpu-graham", "best-cpu-retina",
+                                    "best-cpu-retina-no-saturation"}
+    # The previous recipe differs from today's in saturation alone, and is paired with it on both views.
+    previous, current = (yaml.safe_load((Path(figures["runs"][name]["out"]) / "config.yaml").read_text())
+                         for name in ("best-cpu-retina-no-saturation", "best-cpu-retina"))
+    assert {k for k in current if current[k] != previous[k]} == {"saturation", "out"}
+    assert (previous["saturation"], current["saturation"]) == (0.0, RECIPES["best-cpu"]["saturation"]) != (0.0, 0.0)
+    assert {"best-cpu-retina - best-cpu-retina-no-saturation"} <= set(figures["differences"]) & set(
+        figures["external_differences"])
     normalised = yaml.safe_load((Path(figures["runs"]["best-cpu-graham"]["out"]) / "config.yaml").read_text())["data"]
     assert json.loads((Path(normalised) / ".retino-preprocess.json").read_text())["prepare"] == "graham"
     paired = figures["differences"]["best-cpu-graham - best-cpu"]

@@ -236,7 +236,9 @@ def ablation_settings(runs: dict[str, RunResult]) -> pd.DataFrame:
         config = run.config
         flips = [axis for axis, on in (("horizontal", config.get("hflip")), ("vertical", config.get("vflip"))) if on]
         ranges = (("rotation", "rotation up to {:g} degrees"), ("scale", "zoom up to {:.0%}"),
-                  ("shift", "shift up to {:.0%}"), ("color", "brightness and contrast up to {:.0%}"))
+                  ("shift", "shift up to {:.0%}"), ("color", "brightness and contrast up to {:.0%}"),
+                  ("gamma", "gamma up to exp({:g})"), ("saturation", "saturation up to {:.0%}"),
+                  ("blur", "blur or sharpening up to sigma {:g}"), ("jpeg", "JPEG from quality {:d}"))
         augmentation = ", ".join([*(f"{axis} flips" for axis in flips),
                                   *(text.format(config[key]) for key, text in ranges if config.get(key))])
         rows[name] = {"augmentation": augmentation or "none", "normalisation": config.get("normalize")}
