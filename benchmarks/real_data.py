@@ -14,8 +14,9 @@ grades new photos, with the paired differences between the recipes on both.
     python benchmarks/real_data.py --json real.json
 
 Runs are kept under ``--out``: an interrupted benchmark resumes, a finished one reprints its table.
-The ``best-cpu`` settings and the normalisation were chosen on the validation split only
-(``benchmarks/cpu_levers.py``).
+The ``best-cpu`` settings and the normalisation were chosen on the validation split
+(``benchmarks/cpu_levers.py``), its saturation on the validation folds and on clinical-ext-dev
+(``benchmarks/transfer_levers.py``): for the recipe with saturation, clinical-ext-dev is a validation view.
 """
 
 from __future__ import annotations

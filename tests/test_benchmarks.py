@@ -1,5 +1,6 @@
 """The benchmark scripts' --smoke modes, so they keep running as the package changes."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -175,6 +176,24 @@ def test_a_lever_study_trains_the_levers_and_what_each_is_compared_with_only(mon
     assert study_variants(["green", "retina+jpeg"]) == ["graham", "retina", "green", "retina+jpeg"]
     assert study_variants(["graham"]) == ["graham"]
     assert study_variants(VARIANTS) == list(VARIANTS)
+
+
+def test_each_lever_is_judged_on_the_footing_it_was_chosen_on_even_after_it_joined_the_recipe(monkeypatch, tmp_path):
+    """Saturation is in ``best-cpu`` now; the study's variants still train without it unless they add it, so
+    ``retina+saturation`` differs from ``retina`` in saturation alone, as when it was measured."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr("transfer_levers.prepared_copy", lambda args, prepare: tmp_path / prepare)
+    from types import SimpleNamespace
+
+    from transfer_levers import VARIANTS, variant_config
+
+    args = SimpleNamespace(out=tmp_path, image_size=128, epochs=20, smoke=False, seed=0, progress=False, device="cpu")
+    configs = {name: variant_config(name, args) for name in VARIANTS}
+    assert RECIPES["best-cpu"]["saturation"] > 0
+    assert configs["retina"].saturation == configs["graham"].saturation == 0
+    lever, base = (dataclasses.asdict(configs[name]) for name in ("retina+saturation", "retina"))
+    assert {key for key in lever if lever[key] != base[key]} == {"saturation", "out"}
+    assert lever["saturation"] == 0.5
 
 
 @pytest.mark.slow

@@ -5,8 +5,9 @@ eyepacs-dev's training photos, then every photo of clinical-ext-dev (raw photos 
 population, never trained on) graded as ``predict --preprocess`` grades them. Prepared as the run's own
 photos were, the referable AUC must clear ``FLOOR``; shown the same photos unprepared (the mismatch this
 project once shipped), it must not. The floor sits between what this very protocol gave on the 2-core
-AMD EPYC (bf16) on 2026-12-04: prepared 0.766; the same model shown the photos unprepared 0.566 (Graham-
-prepared 0.635); a model trained on shuffled labels 0.552 prepared (0.601 at most, Graham-prepared).
+AMD EPYC (bf16) on 2026-12-05, with the recipe's saturation: prepared 0.787; the same model shown the photos
+unprepared 0.510 (Graham-prepared 0.589); a model trained on shuffled labels 0.448 prepared (0.572 at most,
+unprepared). Before saturation joined the recipe (2026-12-04): 0.766, 0.566 (0.635), shuffled 0.552 (0.601).
 The training takes about 5 minutes on 2 cores.
 """
 

@@ -1,6 +1,7 @@
 """Tables the notebooks show, checked against sklearn and numpy on made-up runs."""
 
 import json
+from dataclasses import asdict, fields
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,9 @@ from retino_utils import data
 from retino_utils.evaluation import results
 from retino_utils.evaluation.metrics import compute_metrics
 from retino_utils.evaluation.record import RunRecord
+from retino_utils.report.pipeline import load_pipeline, run_settings
 from retino_utils.synthetic import generate_dataset
+from retino_utils.train.config import AUGMENTATION_FIELDS, TrainConfig
 
 
 def make_run(folder, y_true, y_pred, train_counts, train_acc=(0.5, 0.6), **config):
@@ -103,3 +106,25 @@ def test_paired_sentence_states_each_difference_and_what_its_interval_says(runs)
     accuracy_gain = np.mean(noisy == y_true) - np.mean(y_true == 0)
     assert sentence.startswith(f"QWK {qwk_gain:+.3f} [") and "(a real gain)" in sentence
     assert f", accuracy {accuracy_gain:+.1%} [" in sentence and sentence.count("(") == 2
+
+
+def test_the_ablation_without_augmentation_turns_every_augmentation_off(tmp_path):
+    """In every profile the no-augmentation run has each augmentation setting off (a recipe's saturation
+    included), differs from the baseline in augmentation alone, and the table names what the baseline has on."""
+    pipeline = load_pipeline()
+    assert set(results.AUGMENTATION_TEXT) == set(AUGMENTATION_FIELDS)
+    for profile in pipeline["profiles"]:
+        off, on = (TrainConfig.from_settings(run_settings(pipeline, profile, run))
+                   for run in ("ablation_no_augmentation", "ablation_augmented"))
+        assert not any(off.augmentation().values()), profile
+        changed = {field.name for field in fields(TrainConfig) if getattr(off, field.name) != getattr(on, field.name)}
+        assert changed and changed <= set(AUGMENTATION_FIELDS), (profile, changed)
+        y = np.arange(40) % 5
+        found, _ = results.load_runs({name: make_run(tmp_path / profile / name, y, y, [8] * 5, **asdict(config))
+                                      for name, config in (("off", off), ("on", on))})
+        table = results.ablation_settings(found)
+        assert table.loc["off", "augmentation"] == "none"
+        assert table.loc["on", "augmentation"].count(",") == sum(map(bool, on.augmentation().values())) - 1
+        if on.saturation:
+            assert f"saturation up to {on.saturation:.0%}" in table.loc["on", "augmentation"]
+    assert TrainConfig.from_settings(run_settings(pipeline, "demo", "ablation_augmented")).saturation > 0

@@ -229,18 +229,20 @@ def interval_frame(runs: dict[str, RunResult], figures=("accuracy", "qwk", "refe
                       ["run"])
 
 
+# How the ablation table names each augmentation setting that is on (the flips: their axis).
+AUGMENTATION_TEXT = {"hflip": "horizontal flips", "vflip": "vertical flips", "rotation": "rotation up to {:g} degrees",
+                     "scale": "zoom up to {:.0%}", "shift": "shift up to {:.0%}",
+                     "color": "brightness and contrast up to {:.0%}", "gamma": "gamma up to exp({:g})",
+                     "saturation": "saturation up to {:.0%}", "blur": "blur or sharpening up to sigma {:g}",
+                     "jpeg": "JPEG from quality {:d}"}
+
+
 def ablation_settings(runs: dict[str, RunResult]) -> pd.DataFrame:
     """What each ablation run changes: its augmentation and its normalisation statistics."""
     rows = {}
     for name, run in runs.items():
         config = run.config
-        flips = [axis for axis, on in (("horizontal", config.get("hflip")), ("vertical", config.get("vflip"))) if on]
-        ranges = (("rotation", "rotation up to {:g} degrees"), ("scale", "zoom up to {:.0%}"),
-                  ("shift", "shift up to {:.0%}"), ("color", "brightness and contrast up to {:.0%}"),
-                  ("gamma", "gamma up to exp({:g})"), ("saturation", "saturation up to {:.0%}"),
-                  ("blur", "blur or sharpening up to sigma {:g}"), ("jpeg", "JPEG from quality {:d}"))
-        augmentation = ", ".join([*(f"{axis} flips" for axis in flips),
-                                  *(text.format(config[key]) for key, text in ranges if config.get(key))])
+        augmentation = ", ".join(text.format(config[key]) for key, text in AUGMENTATION_TEXT.items() if config.get(key))
         rows[name] = {"augmentation": augmentation or "none", "normalisation": config.get("normalize")}
     return pd.DataFrame.from_dict(rows, orient="index", columns=["augmentation", "normalisation"])
 

@@ -43,6 +43,8 @@ def setting(default, help: str):
 RUNTIME_FIELDS = ("out", "resume", "device", "progress", "workers", "compile")
 MIN_IMAGE_SIZE = 16  # the smallest side the ResNets still reduce to a 1 x 1 feature map
 PATH_FIELDS = ("data", "out")  # stored absolute: a relative path means another folder elsewhere
+# The random changes training applies to its photos (off: false or 0), handed to the batch loader as they are.
+AUGMENTATION_FIELDS = ("hflip", "vflip", "rotation", "scale", "shift", "color", "gamma", "saturation", "blur", "jpeg")
 TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "none"}
 
 
@@ -176,6 +178,10 @@ class TrainConfig:
             if not 0 <= getattr(self, name) < high or (name == "fuse_eyes" and self.fuse_eyes == high):
                 raise RetinoError(f"{name} must be in [0, {high}), got {getattr(self, name)}")
         self.size_stages()  # refuses a malformed --sizes
+
+    def augmentation(self) -> dict:
+        """The training photos' random changes (AUGMENTATION_FIELDS), as the batch loader takes them."""
+        return {name: getattr(self, name) for name in AUGMENTATION_FIELDS}
 
     def _check_types(self) -> None:
         """Each value of the type its field declares (YAML and notebooks pass anything): one line if not."""

@@ -97,10 +97,8 @@ def build_run_data(config: TrainConfig, device: torch.device, ctx: DistContext, 
 
     return RunData(
         train, val, test, mean, std,
-        data.BatchLoader(train_source, config.batch_size, shuffle=True, augment=True, hflip=config.hflip,
-                         vflip=config.vflip, rotation=config.rotation, scale=config.scale, shift=config.shift,
-                         color=config.color, gamma=config.gamma, saturation=config.saturation, blur=config.blur,
-                         jpeg=config.jpeg, sample_weights=weights, seed=config.seed, drop_last=False, **common),
+        data.BatchLoader(train_source, config.batch_size, shuffle=True, augment=True, **config.augmentation(),
+                         sample_weights=weights, seed=config.seed, drop_last=False, **common),
         evaluation(val_source), evaluation(test_source), evaluation(train_source), config,
     )
 
