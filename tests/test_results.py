@@ -126,5 +126,5 @@ def test_the_ablation_without_augmentation_turns_every_augmentation_off(tmp_path
         assert table.loc["off", "augmentation"] == "none"
         assert table.loc["on", "augmentation"].count(",") == sum(map(bool, on.augmentation().values())) - 1
         if on.saturation:
-            assert f"saturation up to {on.saturation:.0%}" in table.loc["on", "augmentation"]
+            assert f"saturation ±{on.saturation:.0%}" in table.loc["on", "augmentation"]
     assert TrainConfig.from_settings(run_settings(pipeline, "demo", "ablation_augmented")).saturation > 0

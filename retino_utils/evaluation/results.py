@@ -229,12 +229,10 @@ def interval_frame(runs: dict[str, RunResult], figures=("accuracy", "qwk", "refe
                       ["run"])
 
 
-# How the ablation table names each augmentation setting that is on (the flips: their axis).
-AUGMENTATION_TEXT = {"hflip": "horizontal flips", "vflip": "vertical flips", "rotation": "rotation up to {:g} degrees",
-                     "scale": "zoom up to {:.0%}", "shift": "shift up to {:.0%}",
-                     "color": "brightness and contrast up to {:.0%}", "gamma": "gamma up to exp({:g})",
-                     "saturation": "saturation up to {:.0%}", "blur": "blur or sharpening up to sigma {:g}",
-                     "jpeg": "JPEG from quality {:d}"}
+# How the ablation table names each augmentation setting that is on, short enough for a table cell.
+AUGMENTATION_TEXT = {"hflip": "h-flips", "vflip": "v-flips", "rotation": "rotation ±{:g}°", "scale": "zoom ±{:.0%}",
+                     "shift": "shift ±{:.0%}", "color": "brightness/contrast ±{:.0%}", "gamma": "gamma exp(±{:g})",
+                     "saturation": "saturation ±{:.0%}", "blur": "blur/sharpen σ≤{:g}", "jpeg": "JPEG q≥{:d}"}
 
 
 def ablation_settings(runs: dict[str, RunResult]) -> pd.DataFrame:
