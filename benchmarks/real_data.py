@@ -50,6 +50,11 @@ class Entry:
     prepare: str | None = None  # ``preprocess --prepare`` of the copy it trains on; None: the photos as they are
     overrides: dict = dataclasses.field(default_factory=dict)  # recipe settings this entry changes
 
+    @property
+    def settings(self) -> dict:
+        """The recipe's settings as this entry trains them."""
+        return {**RECIPES[self.recipe], **self.overrides}
+
 
 ENTRIES = {
     "reports": Entry("reports", "reports' recipe (CE, SGD 1e-3, flips)"),
@@ -103,7 +108,7 @@ def run(args) -> dict:
         fit(config)  # a finished run in the folder is reused as it is
         finished = load_run(config.out)
         results["runs"][name] = {"record": finished.metrics.to_dict(), "label": entry.label, "epochs": config.epochs,
-                                 "settings": {**RECIPES[entry.recipe], **entry.overrides}, "prepare": entry.prepare, "out": config.out,
+                                 "settings": entry.settings, "prepare": entry.prepare, "out": config.out,
                                  "sizes": config.size_stages(), "training_minutes": finished.history["seconds"].sum() / 60}
         if external is not None:
             checked = validate(finished, "external", external, args.device)
