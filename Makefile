@@ -24,7 +24,7 @@ $(STAMP):
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The inner loop: everything but the end-to-end, real-data and heavy tests (see the README's Tests section).
+# The inner loop: everything but the end-to-end, real-data and heavy tests (see `make test-fast` at the top of the README).
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not shared_data and not heavy" $(PYTEST_ARGS)
 

@@ -14,6 +14,9 @@ from retino_utils.paths import BUILD_DIR, SHARED_DATA_DIR, cache_root
 REAL_DATA = SHARED_DATA_DIR / "eyepacs-dev"
 PREPARED_SIZE = 256  # the side of eyepacs-dev's photos: a prepared copy keeps every pixel
 EXTERNAL_DATA = SHARED_DATA_DIR / "clinical-ext-dev"  # another camera and population: never trained on
+# ``--recipe best-cpu`` before transfer_levers.py's winner (saturation) joined it on 2026-12-05: the footing the
+# levers were judged on, and the previous recipe real_data.py scores today's against.
+BEFORE_SATURATION = {"saturation": 0.0}
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, smoke_help: str) -> None:

@@ -38,7 +38,7 @@ from retino_utils.predict.external import validate
 from retino_utils.train.cli import fit
 from retino_utils.train.config import RECIPES, TrainConfig
 
-from _common import EXTERNAL_DATA, prepared_copy, real_data_parser, run_on_real_data
+from _common import BEFORE_SATURATION, EXTERNAL_DATA, prepared_copy, real_data_parser, run_on_real_data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,7 @@ ENTRIES = {
     "best-cpu-retina": Entry("best-cpu", "ours on photos prepared as retina", prepare="retina"),
     # The recipe before saturation joined it: what the lever, chosen on clinical-ext-dev, changes.
     "best-cpu-retina-no-saturation": Entry("best-cpu", "ours on retina photos without saturation (the previous "
-                                           "recipe)", prepare="retina", overrides={"saturation": 0.0}),
+                                           "recipe)", prepare="retina", overrides=BEFORE_SATURATION),
 }
 # (a, b): a minus b on the same photos, when both ran.
 PAIRS = (("best-cpu-graham", "best-cpu"), ("best-cpu-retina", "best-cpu-graham"),

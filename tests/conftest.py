@@ -8,7 +8,7 @@ HEAVY_FIXTURES = {"trained", "lever_run", "finished", "second_camera", "small_da
 
 
 def pytest_collection_modifyitems(items):
-    """``heavy``: the tests `make test-fast` leaves out (see the README's Tests section)."""
+    """``heavy``: the tests `make test-fast` leaves out (see `make test-fast` at the top of the README)."""
     for item in items:
         if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.heavy)

@@ -585,6 +585,13 @@ def holdout_split(index: SplitIndex, fraction: float, seed: int = 0) -> tuple[np
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
+def check_fold(folds: int, fold: int) -> None:
+    """Refuse a fold that does not exist, before any work (the config) and where folds are dealt (here)."""
+    if not (folds >= 2 and 0 <= fold < folds):
+        raise RetinoError(f"fold {fold} of {folds} folds: give folds >= 2 (or 0 = off) and a fold "
+                          f"in [0, {max(folds, 2) - 1}]")
+
+
 def fold_split(index: SplitIndex, folds: int, fold: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``(kept, held_out)`` holding out fold ``fold`` of ``folds`` over a split's patients.
 
@@ -592,8 +599,7 @@ def fold_split(index: SplitIndex, folds: int, fold: int, seed: int = 0) -> tuple
     ``stratified_group_split`` (the same on every machine), so every patient is held out by exactly one
     fold, both eyes together, and the folds' sizes and grade mixes differ by at most one patient.
     """
-    if not 2 <= folds or not 0 <= fold < folds:
-        raise RetinoError(f"fold {fold} of {folds} folds: give folds >= 2 and a fold in [0, {folds - 1}]")
+    check_fold(folds, fold)
     groups = [patient_of(name) for name in index.names]
     worst = worst_grades(groups, index.labels.tolist())
     order = sorted(worst, key=lambda group: (worst[group], hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()))
@@ -978,3 +984,5 @@ LAYOUTS.update({
     "folders": LayoutSpec((), (GRADE_NAMES_FILE,), (), ".png", detect=_detect_folders,
                           looks_for=f"folders named 0-4, or {GRADE_NAMES_FILE}"),
 })
+# What an error asking for a dataset folder names: every layout read, as the README's "Using real data" lists them.
+LAYOUTS_READ = f"in one of the layouts {', '.join(LAYOUTS)}"

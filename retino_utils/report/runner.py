@@ -26,6 +26,7 @@ from typing import Sequence
 from retino_utils import GRADES
 from retino_utils.atomic import write_json
 from retino_utils.data import dataset_fingerprint
+from retino_utils.data.layouts import LAYOUTS_READ
 from retino_utils.data.preprocess import preprocess_dataset
 from retino_utils.errors import RetinoError, WeightsUnavailableError
 from retino_utils.evaluation.results import load_run
@@ -282,12 +283,11 @@ def resolve_context(pipeline: dict, profile: str, data: str | None, out: str | N
     if data:
         data_dir = Path(data).resolve()  # the notebooks run in another working directory
         if not data_dir.is_dir():
-            raise RetinoError(f"data folder {data_dir} not found: pass --data with a dataset folder "
-                              f"(lab, kaggle or aptos layout)")
+            raise RetinoError(f"data folder {data_dir} not found: pass --data with a dataset folder {LAYOUTS_READ}")
     elif spec.get("synthetic"):
         data_dir = out_dir / "data"
     else:
-        raise RetinoError(f"profile {profile} needs your data: pass --data DIR (lab, kaggle or aptos layout)")
+        raise RetinoError(f"profile {profile} needs your data: pass --data DIR (a dataset {LAYOUTS_READ})")
     # The demo's figures are the repository's figures/; other builds keep theirs beside the report.
     figures = FIGURES_DIR if profile == "demo" and not out else out_dir / "figures"
     sets = {SECOND_CAMERA: out_dir / "external" / "second-camera"} if spec.get("second_camera") else {}
@@ -429,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{name}: {spec.get('description', '')}" for name, spec in profiles.items()) + " (from pipeline.yaml)")
     parser.add_argument("--data", help="dataset folder (required for --profile cpu and full)")
     parser.add_argument("--external", action="append", default=[], metavar="DIR",
-                        help="a labelled dataset of another camera or population to validate every main run on "
+                        help="a labelled dataset of another camera or population to validate every run on "
                              "(never trained on); repeat for several")
     parser.add_argument("--out", help="build folder (default build/PROFILE)")
     parser.add_argument("--only", help="run only the matching step(s), e.g. data, train, 'train/resnet50_*', imbalance")

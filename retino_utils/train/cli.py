@@ -49,13 +49,20 @@ def fit(config: TrainConfig | dict, *, on_epoch_end: Callable[[dict], None] | No
         raise
 
 
+def layouts_read() -> str:
+    """The layouts a dataset folder may have, loaded only for an error: torch loads after the weights check."""
+    from retino_utils.data.layouts import LAYOUTS_READ
+
+    return LAYOUTS_READ
+
+
 def check_folders(config: TrainConfig) -> None:
     """A data folder that is one, and a run folder that can be one."""
     if not config.data:
-        raise RetinoError("no data folder given: pass --data DIR (a dataset in the lab, kaggle or aptos layout)")
+        raise RetinoError(f"no data folder given: pass --data DIR (a dataset {layouts_read()})")
     if not Path(config.data).is_dir():
         what = "is a file, not a folder" if Path(config.data).exists() else "does not exist"
-        raise RetinoError(f"--data {config.data} {what}: pass a dataset folder (lab, kaggle or aptos layout)")
+        raise RetinoError(f"--data {config.data} {what}: pass a dataset folder {layouts_read()}")
     if not config.out:
         raise RetinoError("no run folder given: pass --out RUN_DIR")
     if Path(config.out).is_file():

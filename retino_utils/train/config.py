@@ -159,9 +159,10 @@ class TrainConfig:
             raise RetinoError(f"fe_epochs must be between 0 and epochs ({self.epochs}), got {self.fe_epochs}")
         if not 0 <= self.val_fraction < 1:
             raise RetinoError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.folds and not (self.folds >= 2 and 0 <= self.fold < self.folds):
-            raise RetinoError(f"fold {self.fold} of {self.folds} folds: give folds >= 2 (or 0 = off) and a fold "
-                              f"in [0, {max(self.folds, 2) - 1}]")
+        if self.folds:  # a cross-validation run, which loads the data layer (and torch) anyway
+            from retino_utils.data.layouts import check_fold
+
+            check_fold(self.folds, self.fold)
         if self.fold and not self.folds:
             raise RetinoError(f"fold {self.fold} needs --folds (how many folds the training patients are split into)")
         if self.val_fraction == 0 and not self.folds and self.select_on == "validation" and self.best_metric != "last":
