@@ -72,6 +72,10 @@ class Scores:
                 values[name] = values[name].to_dict()
         return values
 
+    def to_file_dict(self) -> dict:
+        """``to_dict`` with the record's version, for a file of its own (``from_dict`` reads it back)."""
+        return {"schema_version": RECORD_VERSION, **self.to_dict()}
+
     @classmethod
     def from_dict(cls, values: dict, source: str = "a record"):
         """Read back what ``to_dict`` wrote (or an older version of it); one line naming ``source`` when it

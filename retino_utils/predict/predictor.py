@@ -36,7 +36,7 @@ from retino_utils.evaluation.calibration import calibrated, calibration_report
 from retino_utils.evaluation.cam import grad_cam, overlay, upsample
 from retino_utils.evaluation.eyes import fuse_eyes
 from retino_utils.evaluation.metrics import compute_metrics
-from retino_utils.evaluation.record import RECORD_FILE, RECORD_VERSION, RunRecord, Scores, Screening, read_record
+from retino_utils.evaluation.record import RECORD_FILE, RunRecord, Scores, Screening, read_record
 from retino_utils.evaluation.results import with_interval
 from retino_utils.evaluation.screening import operating_points
 from retino_utils.evaluation.uncertainty import N_RESAMPLES, intervals
@@ -371,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scored = args.out.with_suffix(".metrics.json")
     if inputs.labels is not None:
         scores = score_against_labels(table, predictor)
-        write_json(scored, {"schema_version": RECORD_VERSION, **scores.to_dict()})  # Scores.from_dict reads it back
+        write_json(scored, scores.to_file_dict())
         print(f"against the labels: accuracy {with_interval(scores.accuracy, scores.interval('accuracy'), '.1%')}, "
               f"QWK {with_interval(scores.qwk, scores.interval('qwk'))}, referable AUC "
               f"{with_interval(scores.referable_auc, scores.interval('referable_auc'))} "
