@@ -1,7 +1,7 @@
 """Which preparation and which training levers carry a model to another camera: each judged twice.
 
-Trains ResNet-18 from scratch with ``--recipe best-cpu`` as the levers were judged on (``FOOTING``: without
-the saturation this study put into it) on the training photos of
+Trains ResNet-18 from scratch with ``--recipe best-cpu`` as the levers were judged on (``BEFORE_SATURATION``:
+without the saturation this study put into it) on the training photos of
 ``../shared/data/eyepacs-dev`` (lab split) once per variant, and judges every variant on two views:
 its own validation split (10% of the training patients, an internal view: the source it learns from,
 whose photos their publisher contrast-enhanced) and ``../shared/data/clinical-ext-dev`` (140 raw photos
@@ -46,9 +46,6 @@ from _common import BEFORE_SATURATION, EXTERNAL_DATA, parse_study, prepared_copy
 from cpu_levers import ValidationGrader, summarise
 
 ROBUST = {"color": 0.3, "gamma": 0.4, "saturation": 0.5, "blur": 1.0, "jpeg": 30}
-# The recipe as every variant was judged on, before this study's winner joined it: the study stays reproducible
-# and ``retina+saturation`` still differs from ``retina``.
-FOOTING = BEFORE_SATURATION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +80,8 @@ def study_variants(wanted) -> list[str]:
 def variant_config(name: str, args, fold: int | None = None) -> TrainConfig:
     """The variant's training config; with ``--folds``, the run that validates on ``fold``."""
     variant = VARIANTS[name]
-    settings = {**FOOTING, **variant.settings}
+    # On the recipe as the variants were judged: the study stays reproducible, retina+saturation differs from retina.
+    settings = {**BEFORE_SATURATION, **variant.settings}
     out = args.out / name
     if fold is not None:
         settings.update(folds=args.folds, fold=fold)
@@ -143,7 +141,7 @@ def run(args) -> dict:
                       "compared_with": reference, "training_minutes": minutes[name],
                       **{view: summarise(variant.label, scores[name], scores.get(reference), args.resamples)
                          for view, scores in (("internal", internal), ("external", outside))}}
-    return {"data": str(args.data), "external": str(external), "recipe": "best-cpu", "footing": FOOTING,
+    return {"data": str(args.data), "external": str(external), "recipe": "best-cpu", "footing": BEFORE_SATURATION,
             "variants": rows,
             "overrides": {"image_size": args.image_size, "epochs": args.epochs}, "folds": args.folds,
             "validation_photos": len(next(iter(internal.values()))["labels"]),
