@@ -8,12 +8,17 @@ REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 PYTEST_ARGS ?=
 REPORT_ARGS ?=
+# A new .venv takes about 6.2 GB (torch with its CUDA libraries): say so before pip fills the disk halfway.
+VENV_GB ?= 7
 
 .PHONY: setup test test-fast report lab clean
 
 setup: $(STAMP)
 
 $(STAMP):
+	@test -x $(PY) || $(PYTHON) -c 'import os, shutil, sys; \
+	free = shutil.disk_usage(os.path.dirname(os.path.abspath("$(VENV)"))).free / 2**30; \
+	free < $(VENV_GB) and sys.exit(f"make setup: a new $(VENV) needs about $(VENV_GB) GB of disk and {free:.1f} GB are free there: free some, or put it on a bigger disk (make VENV=/path/.venv), and run it again")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
