@@ -23,6 +23,8 @@ from retino_utils.synthetic import generate_dataset, mask_path, render_fundus
 from retino_utils.train.checkpoint import load_checkpoint, save_checkpoint
 from retino_utils.train.config import load_config
 
+CSV_ROUNDING = 5e-7  # half the last of the 6 decimals predict writes
+
 
 def run_trained_on(trained, data, folder):
     """A copy of the run ``trained`` whose config and checkpoint say it trained on ``data``."""
@@ -61,11 +63,18 @@ def test_predicting_the_test_split_reproduces_the_run(trained, tiny_dataset, tmp
     for key in ("accuracy", "qwk", "macro_f1", "referable_auc"):
         assert scored[key] == pytest.approx(metrics[key]), key
     assert scored["intervals"]["accuracy"] == pytest.approx(metrics["intervals"]["accuracy"])
+    # The CSV keeps 6 decimals, so each score read back is within half a unit of the one graded (CSV_ROUNDING):
+    # refer is checked where that cannot cross the threshold, and the calibrated probability, the isotonic map
+    # being non-decreasing, must lie between the map's values at the two ends of that range.
     threshold = metrics["screening"]["operating_points"]["target"]["threshold"]
-    assert (ours["refer"] == (ours["referable_score"] >= threshold)).all()
+    clear = (ours["referable_score"] - threshold).abs() > CSV_ROUNDING
+    assert (ours["refer"] == (ours["referable_score"] >= threshold))[clear].all()
+    calibrator = metrics["screening"]["calibration"]["calibrator"]
+    lowest, highest = (np.interp(ours["referable_score"] + side * CSV_ROUNDING, calibrator["x"], calibrator["y"])
+                       for side in (-1, 1))
+    assert (ours["referable_probability"] >= lowest - CSV_ROUNDING - 1e-12).all()
+    assert (ours["referable_probability"] <= highest + CSV_ROUNDING + 1e-12).all()
     calibration = metrics["screening"]["calibration"]
-    expected = np.interp(ours["referable_score"], calibration["calibrator"]["x"], calibration["calibrator"]["y"])
-    np.testing.assert_allclose(ours["referable_probability"], expected, atol=1e-12)
     assert scored["screening"]["calibration"]["calibrated"]["ece"] == pytest.approx(calibration["calibrated"]["ece"])
     overlays = sorted((tmp_path / "cam").glob("*.png"))
     assert [p.stem for p in overlays] == sorted(own["name"])
