@@ -22,15 +22,20 @@ speed-up 4/2 and after how many training images compiling has paid for itself; `
 from __future__ import annotations
 
 import argparse
+import atexit
 import itertools
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 
-# Compile from cold, as a user's first run does: Inductor's on-disk cache would otherwise hide the cost.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="throughput-inductor-"))
+# Compile from cold, as a user's first run does: Inductor's on-disk cache would otherwise hide the cost. The
+# cold cache is this run's own and goes with it (each run would otherwise leave one in the temporary folder).
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="throughput-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 from pathlib import Path
 
 import torch
