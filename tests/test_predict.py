@@ -69,12 +69,11 @@ def test_predicting_the_test_split_reproduces_the_run(trained, tiny_dataset, tmp
     threshold = metrics["screening"]["operating_points"]["target"]["threshold"]
     clear = (ours["referable_score"] - threshold).abs() > CSV_ROUNDING
     assert (ours["refer"] == (ours["referable_score"] >= threshold))[clear].all()
-    calibrator = metrics["screening"]["calibration"]["calibrator"]
-    lowest, highest = (np.interp(ours["referable_score"] + side * CSV_ROUNDING, calibrator["x"], calibrator["y"])
-                       for side in (-1, 1))
+    calibration = metrics["screening"]["calibration"]
+    lowest, highest = (np.interp(ours["referable_score"] + side * CSV_ROUNDING, calibration["calibrator"]["x"],
+                                 calibration["calibrator"]["y"]) for side in (-1, 1))
     assert (ours["referable_probability"] >= lowest - CSV_ROUNDING - 1e-12).all()
     assert (ours["referable_probability"] <= highest + CSV_ROUNDING + 1e-12).all()
-    calibration = metrics["screening"]["calibration"]
     assert scored["screening"]["calibration"]["calibrated"]["ece"] == pytest.approx(calibration["calibrated"]["ece"])
     overlays = sorted((tmp_path / "cam").glob("*.png"))
     assert [p.stem for p in overlays] == sorted(own["name"])

@@ -3,15 +3,14 @@ pip output; this is one line that says what to do."""
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from retino_utils.paths import REPO_ROOT
 
 
 def test_setup_refuses_in_one_line_where_the_disk_cannot_hold_a_new_venv(tmp_path):
     venv = tmp_path / ".venv"
     needed = shutil.disk_usage(tmp_path).free // 2**30 + 1000  # more than this disk has
-    done = subprocess.run(["make", "-s", "setup", f"VENV={venv}", f"VENV_GB={needed}"], cwd=ROOT,
+    done = subprocess.run(["make", "-s", "setup", f"VENV={venv}", f"VENV_GB={needed}"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     message = [line for line in done.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)]
